@@ -1,0 +1,20 @@
+"""modelport: checkpoint → compressed, validated, per-device artifacts → measured in their native runtimes.
+
+The Python API (``modelport.convert``, ``modelport.bench``) is what the CLI calls. Heavy packages load lazily so
+``import modelport`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "bench", "convert"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"convert", "bench"}:
+        from modelport import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'modelport' has no attribute {name!r}")

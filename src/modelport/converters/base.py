@@ -1,0 +1,38 @@
+"""The ``Converter`` interface: one source format to one target format for a device profile."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from modelport.core.profiles import DeviceProfile
+from modelport.core.types import Artifact, Format, Precision
+from modelport.data.feeds import Feeds
+
+
+class Converter(ABC):
+    """Lower an artifact (usually the validated ONNX export) to a target format at a precision.
+
+    ``convert`` writes only under ``out_dir`` and atomically; it returns the new ``Artifact`` whose
+    ``parent_sha256`` is the source's hash. INT8 needs ``calibration``.
+    """
+
+    name: str = ""
+    source: Format = Format.ONNX
+    target: Format = Format.ONNX
+
+    @abstractmethod
+    def availability(self) -> tuple[bool, str]:
+        """``(True, version)`` or ``(False, reason with fix)``; never raises."""
+
+    @abstractmethod
+    def convert(
+        self,
+        artifact: Artifact,
+        profile: DeviceProfile,
+        precision: Precision,
+        *,
+        calibration: Feeds | None,
+        out_dir: Path,
+    ) -> Artifact:
+        """Produce the target artifact; raise ``ConversionError`` with the reason on failure."""

@@ -1,0 +1,150 @@
+"""The runtime-agnostic ``Runtime``/``Session`` protocol.
+
+Like Polygraphy's runners: construction is cheap, resources are taken in ``__enter__`` and released in
+``__exit__``; the public ``infer`` validates the feed (names, rank, shape, dtype, finite values) and subclasses
+implement only ``_open``/``_infer``/``_close``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from typing import Any
+
+import numpy as np
+
+from modelport.core.types import Artifact, Format, TensorSpec
+from modelport.errors import InferenceInputError
+
+Feed = dict[str, np.ndarray]
+
+
+class Session(ABC):
+    """An artifact loaded on a device, ready to run. Use as a context manager."""
+
+    def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
+        self.artifact = artifact
+        self.device = device
+        self.threads = threads
+        self._active = False
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.artifact.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.artifact.outputs
+
+    def __enter__(self) -> "Session":
+        self._open()
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._active:
+            self._active = False
+            self._close()
+
+    def infer(self, feed: Feed, *, check_finite: bool = True) -> list[np.ndarray]:
+        """Validate the feed against the declared inputs, then run. Returns outputs in declared order."""
+        if not self._active:
+            raise InferenceInputError("The session is not open.", fix="use it as 'with runtime.load(...) as session:'.")
+        validate_feed(self.inputs, feed, check_finite=check_finite)
+        return self._infer(feed)
+
+    def infer_unchecked(self, feed: Feed) -> list[np.ndarray]:
+        """Run without validation: for the timing loop, after one validated call."""
+        return self._infer(feed)
+
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feed: Feed) -> list[np.ndarray]: ...
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; default: nothing to release."""
+
+
+class Runtime(ABC):
+    """A native runtime (ONNX Runtime, OpenVINO, TensorRT, …) that can load some artifact formats."""
+
+    name: str = ""
+    formats: frozenset[Format] = frozenset()
+
+    @abstractmethod
+    def availability(self) -> tuple[bool, str]:
+        """``(True, version)`` or ``(False, why not and how to fix)``; never raises."""
+
+    @abstractmethod
+    def devices(self) -> list[str]:
+        """Device names this runtime sees here (empty when unavailable)."""
+
+    @abstractmethod
+    def load(self, artifact: Artifact, device: str = "CPU", threads: int | None = None) -> Session:
+        """A session for ``artifact`` (not yet open: enter it)."""
+
+    def device_available(self, device: str) -> tuple[bool, str]:
+        ok, why = self.availability()
+        if not ok:
+            return False, why
+        devs = self.devices()
+        if any(d == device or d.startswith(device + ".") for d in devs):
+            return True, ""
+        return False, f"{self.name} sees devices {devs or 'none'} on this machine, not {device}."
+
+
+_NP_DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
+
+
+def validate_feed(specs: Sequence[TensorSpec], feed: Any, *, check_finite: bool = True) -> None:
+    """Raise ``InferenceInputError`` naming what was expected when ``feed`` does not fit ``specs``."""
+    if not isinstance(feed, dict):
+        raise InferenceInputError(
+            f"Inference input must be a dict of input name → numpy array, got {type(feed).__name__}.",
+            fix=f"pass {{{', '.join(repr(s.name) for s in specs)}: array}}.",
+        )
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in feed]
+    extra = [n for n in feed if n not in expected]
+    if missing or extra:
+        raise InferenceInputError(
+            f"Input names do not match: missing {missing or 'none'}, unexpected {extra or 'none'}. "
+            f"The model expects {expected}.",
+            fix="use the model's input names (see manifest.json 'inputs').",
+        )
+    for spec in specs:
+        arr = feed[spec.name]
+        if not isinstance(arr, np.ndarray):
+            raise InferenceInputError(
+                f"Input '{spec.name}' must be a numpy array, got {type(arr).__name__}.", fix="convert it with np.asarray."
+            )
+        if str(arr.dtype) != spec.dtype:
+            raise InferenceInputError(
+                f"Input '{spec.name}' has dtype {arr.dtype}, the model expects {spec.dtype}.",
+                fix=f"cast it with arr.astype(np.{spec.dtype}).",
+            )
+        if arr.ndim != len(spec.shape):
+            raise InferenceInputError(
+                f"Input '{spec.name}' has rank {arr.ndim} (shape {tuple(arr.shape)}), the model expects rank "
+                f"{len(spec.shape)} (shape {tuple(spec.shape)}).",
+                fix="reshape the input to the expected rank.",
+            )
+        for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+            if isinstance(want, int) and want >= 0 and got != want:
+                raise InferenceInputError(
+                    f"Input '{spec.name}' has size {got} on axis {axis} (shape {tuple(arr.shape)}), the model "
+                    f"expects {want} (shape {tuple(spec.shape)}).",
+                    fix="resize the input to the expected shape; dynamic axes are shown by name.",
+                )
+        if check_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InferenceInputError(
+                f"Input '{spec.name}' contains NaN or Inf values.", fix="clean or re-normalise the input data."
+            )
+
+
