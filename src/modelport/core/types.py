@@ -35,9 +35,10 @@ class Format(StrEnum):
 class Status(StrEnum):
     """Lifecycle of an artifact row. A failed row keeps its reason in ``Artifact.status_detail``."""
 
-    EXPORTED = "exported"
-    VALIDATED = "validated"
-    FAILED = "failed"
+    EXPORTED = "exported"  # written, not yet checked against the reference (e.g. its runtime is absent here)
+    VALIDATED = "validated"  # outputs checked against the FP32 PyTorch reference within the precision's rule
+    FAILED = "failed"  # export, lowering or validation failed; reason in status_detail
+    UNAVAILABLE = "unavailable"  # cannot be produced on this machine (e.g. TensorRT absent); inputs bundled
 
 
 Dim = int | str  # a fixed size or the name of a dynamic dimension ("batch")
@@ -162,13 +163,14 @@ class Artifact:
     @property
     def status_text(self) -> str:
         """``exported``, ``validated`` or ``failed: reason`` as shown in tables."""
-        if self.status is Status.FAILED:
-            return f"failed: {self.status_detail}" if self.status_detail else "failed"
+        if self.status in (Status.FAILED, Status.UNAVAILABLE) and self.status_detail:
+            return f"{self.status}: {self.status_detail}"
         return str(self.status)
 
     @property
     def ok(self) -> bool:
-        return self.status is not Status.FAILED
+        """True when the file exists and passed (or has not yet needed) validation."""
+        return self.status in (Status.EXPORTED, Status.VALIDATED)
 
     def replace(self, **changes: Any) -> "Artifact":
         return dataclasses.replace(self, **changes)

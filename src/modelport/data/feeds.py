@@ -29,7 +29,9 @@ class Feeds:
     ) -> "Feeds":
         """Split one array (N, ...) into batches of ``batch_size`` for the input ``input_name``."""
         n = len(x) if limit is None else min(limit, len(x))
-        batches = tuple({input_name: np.ascontiguousarray(x[i : i + batch_size])} for i in range(0, n, batch_size))
+        batches = tuple(
+            {input_name: np.ascontiguousarray(x[i : min(i + batch_size, n)])} for i in range(0, n, batch_size)
+        )
         labs = None if labels is None else tuple(np.asarray(labels[i : min(i + batch_size, n)]) for i in range(0, n, batch_size))
         return cls(batches=batches, labels=labs)
 

@@ -1,0 +1,308 @@
+"""Benchmark one artifact in its native runtime: load, first inference, accuracy/agreement, latency per batch.
+
+Never raises for a runtime problem: every outcome becomes a row whose status says what happened
+(``ok``, ``failed: …``, ``unavailable: …``, ``invalid: …``). Rows that are not ``ok`` carry no latency or accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelport.agreement import compare, outputs_are_classes
+from modelport.benchmark.results import ArtifactResult
+from modelport.benchmark.timing import TimingConfig, measure
+from modelport.core.types import Artifact, TensorSpec
+from modelport.data.feeds import Feeds
+from modelport.errors import InputError, ModelportError, RuntimeUnavailableError
+from modelport.runtimes.base import Feed, Runtime, Session
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: timing protocol, batch sizes, threads, evaluation batching and sample limit."""
+
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    batch_sizes: tuple[int, ...] = (1, 32)
+    threads: int | None = None
+    eval_batch_size: int = 64
+    eval_limit: int | None = None
+    seed: int = 0  # for random feeds when there is no evaluation data
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise InputError(f"Batch sizes must be positive integers, got {self.batch_sizes!r}.", fix="pass e.g. --batch 1,32.")
+        if self.eval_batch_size < 1:
+            raise InputError(f"eval_batch_size must be ≥ 1, got {self.eval_batch_size}.", fix="pass e.g. 64.")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise InputError(f"eval_limit must be ≥ 1 or None, got {self.eval_limit}.", fix="omit it to use all data.")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be ≥ 1 or None, got {self.threads}.", fix="omit it to let runtimes choose.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timing": self.timing.to_dict(),
+            "batch_sizes": list(self.batch_sizes),
+            "threads": self.threads,
+            "eval_batch_size": self.eval_batch_size,
+            "eval_limit": self.eval_limit,
+            "seed": self.seed,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.Process().memory_info().rss / 2**20, 2)
+    except Exception:  # noqa: BLE001 - memory is informative; a missing psutil must not fail the benchmark
+        return None
+
+
+def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
+    """The batch size an artifact is compiled for (first axis of its inputs), or None when the batch is dynamic."""
+    fixed = {s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] >= 0}
+    if not fixed:
+        return None
+    if len(fixed) > 1:
+        raise InputError(f"The inputs disagree on the batch axis: {sorted(fixed)}.", fix="re-export with one batch size.")
+    return fixed.pop()
+
+
+# ---------------------------------------------------------------- data
+
+
+def _eval_pool(
+    inputs: Sequence[TensorSpec], feeds: Feeds, limit: int | None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """All evaluation samples per input (under the artifact's input names, cast float→float), and the labels."""
+    names = [s.name for s in inputs]
+    if feeds.batches and set(feeds.batches[0]) != set(names):
+        feeds = feeds.renamed(names)  # exporters may rename inputs; raises naming both when counts differ
+    pool: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        arr = np.concatenate([b[spec.name] for b in feeds.batches])
+        if arr.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f" and str(arr.dtype) != spec.dtype:
+            arr = arr.astype(spec.dtype)
+        pool[spec.name] = arr if limit is None else arr[:limit]
+    labels = None
+    if feeds.labels is not None:
+        labels = np.concatenate([np.asarray(lab).reshape(-1) for lab in feeds.labels])
+        if limit is not None:
+            labels = labels[:limit]
+    return pool, labels
+
+
+def make_feed(inputs: Sequence[TensorSpec], batch: int, pool: dict[str, np.ndarray] | None, rng: np.random.Generator) -> Feed:
+    """A feed of ``batch`` samples: evaluation data repeated as needed, else seeded random data."""
+    feed: Feed = {}
+    for spec in inputs:
+        if pool and spec.name in pool and len(pool[spec.name]):
+            src = pool[spec.name]
+            feed[spec.name] = np.ascontiguousarray(src[np.arange(batch) % len(src)])
+            continue
+        shape = spec.concrete_shape(batch)
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feed[spec.name] = rng.integers(0, 100, shape).astype(dtype)
+    return feed
+
+
+def _invalid_reason(arrays: Sequence[np.ndarray]) -> str | None:
+    """NaN/Inf anywhere, or a first output whose values are all identical."""
+    for i, arr in enumerate(arrays):
+        a = np.asarray(arr)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            return f"output {i} contains NaN/Inf"
+    if arrays:
+        first = np.asarray(arrays[0])
+        if first.size > 1 and first.dtype.kind in "fiu" and np.ptp(first) == 0:
+            return f"output 0 is constant ({first.flat[0]!r} everywhere)"
+    return None
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _evaluate(session: Session, pool: dict[str, np.ndarray], chunk: int, static: bool) -> list[np.ndarray]:
+    """Run every evaluation sample through the session in chunks; returns each output concatenated over samples.
+
+    A static-batch artifact gets chunks of exactly its batch; the last one is padded by repeating its last
+    sample and the padded outputs are dropped.
+    """
+    n = len(next(iter(pool.values())))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        feed = {}
+        for name, arr in pool.items():
+            part = arr[start:stop]
+            if static and len(part) < chunk:
+                part = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), axis=0)])
+            feed[name] = np.ascontiguousarray(part)
+        outs = session.infer(feed)
+        parts.append([np.asarray(o)[: stop - start] for o in outs])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))] if parts else []
+
+
+def _accuracy_and_agreement(
+    row: ArtifactResult,
+    outputs: list[np.ndarray],
+    labels: np.ndarray | None,
+    reference: np.ndarray | None,
+    reference_accuracy: float | None,
+) -> str | None:
+    """Fill accuracy/agreement on ``row``; return an invalidity reason or None."""
+    bad = _invalid_reason(outputs)
+    first = outputs[0]
+    if reference is not None:
+        if reference.shape != first.shape:
+            return f"output shape {tuple(first.shape)} differs from the reference {tuple(reference.shape)}"
+        row.agreement = compare([reference], [first]).to_dict()
+    if bad:
+        return bad
+    if labels is not None:
+        if outputs_are_classes(first.shape) and len(labels) == len(first):
+            row.accuracy = float(np.mean(first.argmax(axis=1) == labels))
+            if reference_accuracy is not None:
+                row.accuracy_drop = float(reference_accuracy) - row.accuracy
+        else:
+            row.add_note(f"accuracy not computed: output shape {tuple(first.shape)} is not (samples, classes)")
+    return None
+
+
+def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, pool: dict[str, np.ndarray] | None,
+                  row: ArtifactResult, say: Progress) -> None:
+    rng = np.random.default_rng(config.seed)
+    static = fixed_batch(artifact.inputs)
+    sizes = list(dict.fromkeys(config.batch_sizes))
+    if static is not None:
+        for b in sizes:
+            if b != static:
+                row.add_note(f"batch {b} skipped: static batch {static}")
+        if static not in sizes:
+            row.add_note(f"measured at static batch {static} only")
+        sizes = [static]
+    sync = getattr(session, "synchronize", None)
+    for b in sizes:
+        feed = make_feed(artifact.inputs, b, pool, rng)
+        session.infer(feed)  # validated once; the loop below runs unchecked
+        say(f"{row.label}: timing batch {b}")
+        stats = measure(lambda feed=feed: session.infer_unchecked(feed), config.timing, sync=sync)
+        row.latency[b] = stats
+        row.throughput[b] = b * stats.n / stats.total_seconds if stats.total_seconds > 0 else float("inf")
+
+
+def _measure_all(
+    artifact: Artifact, runtime: Runtime, device: str, config: BenchConfig, eval_feeds: Feeds | None,
+    reference_outputs: list[np.ndarray] | None, reference_accuracy: float | None, row: ArtifactResult, say: Progress,
+) -> None:
+    clock = time.perf_counter_ns
+    mem: dict[str, float | None] = {"rss_before_load_mb": _rss_mb()}
+    row.memory = mem
+    static = fixed_batch(artifact.inputs)
+    pool, labels = (None, None)
+    if eval_feeds is not None and len(eval_feeds):
+        pool, labels = _eval_pool(artifact.inputs, eval_feeds, config.eval_limit)
+    reference = None
+    if reference_outputs:
+        reference = np.concatenate([np.asarray(r) for r in reference_outputs])
+        if config.eval_limit is not None:
+            reference = reference[: config.eval_limit]
+
+    say(f"{row.label}: loading on {runtime.name}/{device}")
+    t0 = clock()
+    session = runtime.load(artifact, device, config.threads)
+    session.__enter__()
+    row.load_ms = (clock() - t0) / 1e6
+    try:
+        mem["rss_after_load_mb"] = _rss_mb()
+        for note in getattr(session, "notes", ()):
+            row.add_note(note)
+        feed = make_feed(artifact.inputs, static or 1, pool, np.random.default_rng(config.seed))
+        t0 = clock()
+        outs = session.infer(feed)
+        sync = getattr(session, "synchronize", None)
+        if sync is not None:
+            sync()
+        row.first_inference_ms = (clock() - t0) / 1e6
+        samples = [mem["rss_after_load_mb"], _rss_mb()]
+        bad = _invalid_reason(outs)
+        if bad is None and pool is not None:
+            say(f"{row.label}: evaluating {len(next(iter(pool.values())))} samples")
+            outputs = _evaluate(session, pool, static or config.eval_batch_size, static is not None)
+            if reference is not None and len(reference) != len(outputs[0]):
+                row.add_note(f"agreement not computed: reference has {len(reference)} samples, data {len(outputs[0])}")
+                reference = None
+            bad = _accuracy_and_agreement(row, outputs, labels, reference, reference_accuracy)
+        if bad is not None:
+            row.status = f"invalid: {bad}"
+            row.clear_measurements()
+            return
+        _time_batches(session, artifact, config, pool, row, say)
+        samples.append(_rss_mb())
+        real = [s for s in samples if s is not None]
+        mem["rss_peak_mb"] = max(real) if real else None
+    finally:
+        session.close()
+
+
+def benchmark_artifact(
+    artifact: Artifact,
+    *,
+    runtime: Runtime,
+    device: str,
+    config: BenchConfig,
+    eval_feeds: Feeds | None,
+    reference_outputs: list[np.ndarray] | None,
+    reference_accuracy: float | None,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> ArtifactResult:
+    """Measure ``artifact`` on ``runtime``/``device``; every outcome, including failures, is a row.
+
+    ``reference_outputs[i]`` is the reference's first output for ``eval_feeds.batches[i]``.
+    """
+    say: Progress = progress or (lambda _msg: None)
+    row = ArtifactResult.for_artifact(artifact, runtime=runtime.name, device=device, label=label, threads=config.threads)
+    if not artifact.ok:
+        row.status = artifact.status_text
+        return row
+    if artifact.format not in runtime.formats:
+        row.status = (
+            f"unavailable: {runtime.name} cannot load {artifact.format} artifacts "
+            f"(it loads {', '.join(sorted(str(f) for f in runtime.formats))})"
+        )
+        return row
+    ok, why = runtime.device_available(device)
+    if not ok:
+        row.status = f"unavailable: {why}"
+        return row
+    try:
+        _measure_all(artifact, runtime, device, config, eval_feeds, reference_outputs, reference_accuracy, row, say)
+    except RuntimeUnavailableError as exc:
+        row.status = f"unavailable: {exc}"
+    except ModelportError as exc:
+        row.status = f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a runtime crash becomes a failed row; the run goes on
+        row.status = f"failed: {_first_line(exc)}"
+    if row.state in {"failed", "unavailable"}:
+        row.clear_measurements()
+        row.load_ms = row.first_inference_ms = None
+    say(f"{row.label}: {row.status}")
+    return row

@@ -1,0 +1,327 @@
+"""The ``modelport`` command: parse, call the Python API, render with rich. No pipeline logic lives here.
+
+User errors (``ModelportError``) print as one paragraph and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from modelport.errors import InputError, ModelportError
+
+app = typer.Typer(
+    name="modelport",
+    help=(
+        "Turn a trained PyTorch checkpoint into deployable artifacts per device (ONNX Runtime, OpenVINO, TensorRT) "
+        "and measure each in its native runtime.\n\n"
+        "Start with:  modelport demo"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[dim]→ {message}[/dim]")
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got '{text}'.", fix=f"e.g. --{what} 1,32") from None
+    if not values or any(v < 1 for v in values):
+        raise InputError(f"{what} must be positive integers, got '{text}'.", fix=f"e.g. --{what} 1,32")
+    return values
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the demo's checkpoint and artifacts (default: a temp folder).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs on digits.")] = 3,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads per runtime (default: all cores).")] = None,
+) -> None:
+    """Train simple-mnist on the bundled digits, convert it for every profile, benchmark, print the table.
+
+    Offline, no arguments.\n
+    Example:  modelport demo
+    """
+    from modelport.benchmark.report import render_table
+    from modelport.benchmark.runner import BenchConfig
+    from modelport.benchmark.timing import TimingConfig
+    from modelport.data import load_dataset
+    from modelport.models import build_model
+    from modelport.models.checkpoint import save_state_dict
+    from modelport.pipeline import bench, convert
+    from modelport.training import train
+
+    folder = out or Path(tempfile.gettempdir()) / "modelport-demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]modelport demo[/bold] — working in {folder}")
+    dataset = load_dataset("digits")
+    model = build_model("simple-mnist")
+    report = train(model, dataset, epochs=epochs, progress=True)
+    console.print(f"trained simple-mnist: test accuracy {report.test_accuracy * 100:.1f}% in {report.seconds:.1f} s")
+    ckpt = folder / "simple-mnist.safetensors"
+    save_state_dict(model, ckpt)
+    result = convert(
+        ckpt, arch="simple-mnist", dataset="digits", out=folder / "artifacts", overwrite=True, progress=_progress
+    )
+    _print_conversion(result)
+    config = BenchConfig(
+        timing=TimingConfig(warmup_iters=5, warmup_seconds=0.1, min_iters=30, min_seconds=0.4),
+        batch_sizes=(1, 32),
+        threads=threads,
+    )
+    results = bench(result.out_dir, config=config, progress=_progress)
+    console.print(render_table(results))
+    console.print(
+        f"results: {result.out_dir / 'results.json'}, results.csv, results.md\n"
+        f"next: modelport bench {result.out_dir}   or   modelport convert CKPT --arch ARCH --out DIR"
+    )
+
+
+@app.command(name="train")
+def train_cmd(
+    arch: Annotated[str, typer.Option(help="Registry architecture (see 'modelport list').")],
+    out: Annotated[Path, typer.Option(help="Where to write the .safetensors checkpoint.")],
+    dataset: Annotated[str, typer.Option(help="digits, mnist, cifar10 or imagefolder.")] = "digits",
+    dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset.")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    seed: int = 0,
+) -> None:
+    """Train a registry model briefly (for demos and tests) and save it as safetensors.
+
+    Example:  modelport train --arch simple-cifar --dataset digits --epochs 2 --out /tmp/cifar.safetensors
+    """
+    from modelport.data import load_dataset
+    from modelport.models import build_model, model_input_shape
+    from modelport.models.checkpoint import save_state_dict
+    from modelport.training import train
+
+    c, h, _ = model_input_shape(arch)
+    ds = load_dataset(dataset, root=dataset_root, image_size=h, channels=c, seed=seed)
+    model = build_model(arch, num_classes=ds.num_classes)
+    report = train(model, ds, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=True)
+    sha = save_state_dict(model, out)
+    console.print(
+        f"saved {out} (sha256 {sha[:12]}…): test accuracy {report.test_accuracy * 100:.2f}% after {epochs} epochs "
+        f"in {report.seconds:.1f} s"
+    )
+
+
+@app.command(name="convert")
+def convert_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help=".safetensors / .pt state dict, or an .onnx file.")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite a modelport folder).")],
+    arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Calibration/validation data (default: digits).")] = None,
+    dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
+    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all'.")] = "all",
+    precisions: Annotated[str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: each profile's own).")] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: read from the checkpoint).")] = None,
+    in_channels: Annotated[int | None, typer.Option(min=1)] = None,
+    image_size: Annotated[int | None, typer.Option(min=8)] = None,
+    calibration_size: Annotated[int, typer.Option(min=1, help="Samples used to calibrate INT8.")] = 300,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow loading a pickled module (runs code from the file!).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing modelport output folder.")] = False,
+) -> None:
+    """Export a checkpoint to ONNX (validated against PyTorch) and lower it for each device profile.
+
+    Examples:\n
+      modelport convert cifar.safetensors --arch simple-cifar --profiles legacy-cpu,intel-cpu --precisions fp32,int8 --out /tmp/cifar\n
+      modelport convert model.onnx --dataset digits --profiles intel-cpu --out /tmp/onnx-ir
+    """
+    from modelport.pipeline import convert
+
+    result = convert(
+        checkpoint,
+        out=out,
+        arch=arch,
+        dataset=dataset,
+        dataset_root=dataset_root,
+        profiles=profiles,
+        precisions=precisions,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        calibration_size=calibration_size,
+        trust_pickle=trust_pickle,
+        overwrite=overwrite,
+        progress=_progress,
+    )
+    _print_conversion(result)
+
+
+@app.command(name="bench")
+def bench_cmd(
+    folder: Annotated[Path, typer.Argument(help="Output folder of 'modelport convert'.")],
+    profiles: Annotated[str | None, typer.Option(help="Only these profiles (comma-separated).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated.")] = "1,32",
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads per runtime (default: all cores).")] = None,
+    min_iters: Annotated[int, typer.Option(min=1, help="Minimum timed iterations per batch size.")] = 30,
+    min_seconds: Annotated[float, typer.Option(min=0.0, help="Minimum timed seconds per batch size.")] = 1.0,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Evaluate accuracy on at most this many samples.")] = None,
+    dataset_root: Annotated[Path | None, typer.Option(help="Where the dataset lives on this machine.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write results (default: FOLDER).")] = None,
+) -> None:
+    """Benchmark every artifact in its native runtime; write results.json, results.csv and results.md.
+
+    Example:  modelport bench /tmp/cifar --batch-sizes 1,8,32 --threads 2
+    """
+    from modelport.benchmark.report import render_table
+    from modelport.benchmark.runner import BenchConfig
+    from modelport.benchmark.timing import TimingConfig
+    from modelport.pipeline import bench
+
+    config = BenchConfig(
+        timing=TimingConfig(min_iters=min_iters, min_seconds=min_seconds),
+        batch_sizes=_int_list(batch_sizes, "batch-sizes"),
+        threads=threads,
+        eval_limit=eval_limit,
+    )
+    results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=_progress)
+    console.print(render_table(results))
+    console.print(f"wrote {(out or folder) / 'results.json'}, results.csv, results.md")
+
+
+@app.command()
+def doctor() -> None:
+    """List runtimes and devices available here, and why the others are not.
+
+    Example:  modelport doctor
+    """
+    from rich.table import Table
+
+    from modelport.core.profiles import load_profiles
+    from modelport.runtimes import RUNTIMES, get_runtime
+
+    table = Table(title="runtimes on this machine")
+    for col in ("runtime", "available", "devices", "detail"):
+        table.add_column(col)
+    runtimes = {}
+    for name in RUNTIMES:
+        rt = get_runtime(name)
+        runtimes[name] = rt
+        ok, why = rt.availability()
+        devs = rt.devices() if ok else []
+        table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", ", ".join(devs) or "-", why)
+    console.print(table)
+    ptable = Table(title="device profiles")
+    for col in ("profile", "runtime", "device", "precisions", "can run here"):
+        ptable.add_column(col)
+    for prof in load_profiles().values():
+        ok, why = runtimes[prof.runtime].device_available(prof.device)
+        ptable.add_row(
+            prof.name, prof.runtime, prof.device, ", ".join(prof.precisions),
+            "[green]yes[/green]" if ok else f"[yellow]no[/yellow]: {why}",
+        )
+    console.print(ptable)
+
+
+@app.command(name="list")
+def list_cmd() -> None:
+    """List architectures, datasets and device profiles.
+
+    Example:  modelport list
+    """
+    from rich.table import Table
+
+    from modelport.core.profiles import load_profiles
+    from modelport.data import DATASETS
+    from modelport.models import ARCHITECTURES
+
+    t = Table(title="architectures")
+    for col in ("name", "input", "description"):
+        t.add_column(col)
+    for name, spec in ARCHITECTURES.items():
+        t.add_row(name, f"{spec.in_channels}×{spec.image_size}×{spec.image_size}", spec.description)
+    console.print(t)
+    console.print("datasets: " + ", ".join(DATASETS))
+    p = Table(title="device profiles")
+    for col in ("name", "runtime", "device", "precisions", "description"):
+        p.add_column(col)
+    for prof in load_profiles().values():
+        p.add_row(prof.name, prof.runtime, prof.device, ", ".join(prof.precisions), prof.description)
+    console.print(p)
+
+
+def _print_conversion(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"artifacts in {result.out_dir}")
+    for col in ("artifact", "format", "precision", "size", "status"):
+        table.add_column(col)
+    for art in result.artifacts:
+        name = f"{art.profile}/{art.precision}" if art.profile else f"{art.format}"
+        size = f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-"
+        status = art.status_text
+        colour = "green" if art.ok else ("yellow" if str(art.status) == "unavailable" else "red")
+        table.add_row(name, str(art.format), str(art.precision), size, f"[{colour}]{status}[/{colour}]")
+    console.print(table)
+    for line in result.skipped:
+        console.print(f"[dim]skipped {line}[/dim]")
+
+
+# ------------------------------------------------------------------------------------------------------ entry
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: turns modelport errors into one-paragraph messages with a non-zero exit code."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MODELPORT_DEBUG") == "1"
+    try:
+        app(args=args, prog_name="modelport", standalone_mode=False)
+    except ModelportError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # a bug, not a user error: say so briefly, keep the traceback behind --debug
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc}. "
+            "Run again with --debug for the traceback and please report it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,256 @@
+"""ONNX → ONNX for ONNX Runtime's CPU provider: offline graph optimisation (FP32) or static INT8 quantisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from modelport.converters.base import Converter
+from modelport.converters.onnx import (
+    check_onnx,
+    conform_feeds,
+    read_specs,
+    rebatch,
+    temp_dir_in,
+    tool_versions,
+)
+from modelport.core.files import atomic_path, sha256_file
+from modelport.core.profiles import DeviceProfile
+from modelport.core.types import Artifact, Format, Precision, Status
+from modelport.data.feeds import Feeds
+from modelport.errors import ConversionError, InputError
+
+if TYPE_CHECKING:
+    import onnx
+
+INT8_FORMATS = ("qdq", "qoperator")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class OnnxRuntimeConverter(Converter):
+    """The validated ONNX export, optimised or quantised for ONNX Runtime on CPU (``model.onnx`` in ``out_dir``)."""
+
+    name = "onnxruntime"
+    source = Format.ONNX
+    target = Format.ONNX
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime
+        except Exception as exc:  # ImportError or a broken native library
+            return False, f"onnxruntime cannot be imported ({exc}). Fix: pip install onnxruntime."
+        return True, str(onnxruntime.__version__)
+
+    def convert(
+        self,
+        artifact: Artifact,
+        profile: DeviceProfile,
+        precision: Precision,
+        *,
+        calibration: Feeds | None,
+        out_dir: Path,
+    ) -> Artifact:
+        if artifact.format is not Format.ONNX:
+            raise ConversionError(
+                f"The ONNX Runtime converter takes an ONNX model, not {artifact.format}.",
+                fix="export the model to ONNX first.",
+            )
+        if precision is Precision.FP16:
+            raise ConversionError(
+                "FP16 is not offered for ONNX Runtime on CPU: its CPU provider has no FP16 kernels for most operators, "
+                "so an FP16 model would run slower than FP32 through inserted casts.",
+                fix="use fp32 or int8 for this profile, or an OpenVINO or TensorRT profile for fp16.",
+            )
+        ok, why = self.availability()
+        if not ok:
+            from modelport.errors import RuntimeUnavailableError
+
+            raise RuntimeUnavailableError(why)
+        out_dir = Path(out_dir)
+        target = out_dir / "model.onnx"
+        if target.resolve() == Path(artifact.path).resolve():
+            raise ConversionError(
+                f"Converting {artifact.path} into {out_dir} would overwrite the source model.",
+                fix="give an output folder other than the source model's folder.",
+            )
+        if precision is Precision.INT8 and (calibration is None or len(calibration) == 0):
+            raise ConversionError(
+                "INT8 quantisation for ONNX Runtime needs calibration data and none was given.",
+                fix="pass calibration feeds (for example 'modelport convert --calibration-samples 200' or "
+                "Feeds.from_array(...) in the Python API), or choose fp32.",
+            )
+
+        import onnxruntime as ort
+
+        details: dict[str, Any] = {"static_batch": profile.static_batch}
+        with temp_dir_in(out_dir, ".ort-convert-") as work:
+            source = Path(artifact.path)
+            if profile.static_batch:
+                source = _static_batch_copy(source, work / "static.onnx", profile.static_batch)
+            with atomic_path(target) as tmp:
+                if precision is Precision.FP32:
+                    _optimise(source, tmp)
+                    details["optimization"] = "extended"
+                elif precision is Precision.INT8:
+                    details.update(_quantise(source, tmp, work, artifact, profile, cast(Feeds, calibration)))
+                else:  # pragma: no cover - Precision has three members
+                    raise ConversionError(f"Unknown precision {precision}.")
+                # the file must pass the checker and load in ONNX Runtime before it replaces anything
+                proto = check_onnx(tmp, infer_shapes=False)  # ORT contrib ops are unknown to ONNX shape inference
+                try:
+                    ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+                except Exception as exc:
+                    raise ConversionError(
+                        f"The {precision} model written for ONNX Runtime does not load: {exc}",
+                        fix="report this with the model; try another int8_format or fp32.",
+                    ) from exc
+
+        inputs, outputs = read_specs(proto)
+        return Artifact(
+            path=target,
+            format=Format.ONNX,
+            precision=precision,
+            inputs=inputs,
+            outputs=outputs,
+            profile=profile.name,
+            sha256=sha256_file(target),
+            size_bytes=target.stat().st_size,
+            files=(target.name,),
+            parent_sha256=artifact.sha256 or None,
+            recipe=artifact.recipe,
+            preprocessing=artifact.preprocessing,
+            tools={**artifact.tools, "onnxruntime": ort.__version__, **tool_versions("onnx")},
+            status=Status.EXPORTED,
+            details=details,
+        )
+
+
+def _optimise(source: Path, dest: Path) -> None:
+    """Save the model as ONNX Runtime optimises it at load time, so the device skips that work.
+
+    ORT_ENABLE_EXTENDED, not ORT_ENABLE_ALL: the ALL level adds layout transformations (NCHWc) chosen for the
+    CPU doing the conversion, and ONNX Runtime's documentation warns that a model saved with them may only run on
+    compatible hardware. EXTENDED fusions (Conv+Activation, Gemm, attention…) are portable across x86/ARM CPUs.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dest)
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ConversionError(
+            f"ONNX Runtime could not load and optimise {source}: {exc}",
+            fix="check the model runs in ONNX Runtime (modelport validates the ONNX export first).",
+        ) from exc
+
+
+def _quantise(
+    source: Path, dest: Path, work: Path, artifact: Artifact, profile: DeviceProfile, calibration: Feeds
+) -> dict[str, Any]:
+    """Static INT8 quantisation (pre-processing, then ``quantize_static``) with calibration from ``calibration``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fmt = str(profile.options.get("int8_format", "qdq")).lower()
+    if fmt not in INT8_FORMATS:
+        raise InputError(
+            f"Profile '{profile.name}' asks for int8_format '{fmt}'. Available: {', '.join(INT8_FORMATS)}.",
+            fix="set int8_format to 'qdq' or 'qoperator' in the profile.",
+        )
+    method = str(profile.options.get("int8_calibration", "minmax")).lower()
+    if method not in CALIBRATION_METHODS:
+        raise InputError(
+            f"Profile '{profile.name}' asks for int8_calibration '{method}'. "
+            f"Available: {', '.join(CALIBRATION_METHODS)}.",
+            fix="set int8_calibration to one of the listed methods.",
+        )
+    reduce_range = bool(profile.options.get("int8_reduce_range", False))
+    feeds = conform_feeds(calibration, artifact.inputs)
+    if profile.static_batch:
+        feeds = rebatch(feeds, profile.static_batch)
+
+    prepared = work / "prepared.onnx"
+    pre_process = "optimised + symbolic shape inference"
+    try:
+        quant_pre_process(str(source), str(prepared))
+    except Exception as first:  # symbolic shape inference rejects some graphs; plain ONNX inference still helps
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        except Exception as exc:
+            raise ConversionError(
+                f"ONNX Runtime's quantisation pre-processing failed: {exc} (with symbolic shapes: {first})",
+                fix="simplify the model or choose fp32.",
+            ) from exc
+        pre_process = "optimised, without symbolic shape inference"
+    try:
+        quantize_static(
+            str(prepared),
+            str(dest),
+            feeds.ort_reader(),
+            quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
+        )
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"ONNX Runtime INT8 quantisation ({fmt}, {method}) failed: {exc}",
+            fix="check the calibration data matches the model's inputs, or try another int8_format.",
+        ) from exc
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static",
+        "format": fmt,
+        "reduce_range": reduce_range,
+        "per_channel": True,
+        "activation_type": "QUInt8",
+        "weight_type": "QInt8",
+        "calibration_method": method,
+        "calibration_samples": feeds.num_samples,
+        "calibration_batches": len(feeds),
+        "pre_process": pre_process,
+    }
+
+
+def _static_batch_copy(source: Path, dest: Path, batch: int) -> Path:
+    """A copy of the model with the batch dimension (axis 0 of every input and output) fixed to ``batch``."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    fix_batch_dim(proto, batch)
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def fix_batch_dim(proto: "onnx.ModelProto", batch: int) -> None:
+    """Set axis 0 of every graph input and output to ``batch``; refuse a fixed batch of another size."""
+    inits = {t.name for t in proto.graph.initializer}
+    values = [v for v in proto.graph.input if v.name not in inits] + list(proto.graph.output)
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            continue
+        d0 = dims[0]
+        if d0.HasField("dim_value") and d0.dim_value > 0:
+            if d0.dim_value != batch:
+                raise ConversionError(
+                    f"'{value.name}' has a fixed batch of {d0.dim_value}; the profile wants batch {batch}.",
+                    fix="export the model with a dynamic batch dimension.",
+                )
+            continue
+        d0.Clear()
+        d0.dim_value = batch
+    del proto.graph.value_info[:]  # stale symbolic shapes; ONNX Runtime re-infers them
+
+
+__all__ = ["CALIBRATION_METHODS", "INT8_FORMATS", "OnnxRuntimeConverter", "fix_batch_dim"]

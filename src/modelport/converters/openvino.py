@@ -1,0 +1,223 @@
+"""ONNX → OpenVINO IR (``model.xml`` + ``model.bin``) at FP32, FP16 (compressed weights) or INT8 (NNCF PTQ).
+
+Compiling for the profile's device is not done here: an IR for an NPU can be produced on a machine without one,
+and the runtime reports whether the device is present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelport.converters.base import Converter
+from modelport.converters.onnx import BATCH, conform_feeds, rebatch, temp_dir_in, tool_versions
+from modelport.core.files import sha256_files, total_size
+from modelport.core.profiles import DeviceProfile
+from modelport.core.types import Artifact, Format, Precision, Status, TensorSpec
+from modelport.data.feeds import Feeds
+from modelport.errors import ConversionError, InputError, RuntimeUnavailableError
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+IR_FILES = ("model.xml", "model.bin")
+INT8_PRESETS = ("performance", "mixed")
+
+
+class OpenVinoConverter(Converter):
+    """The validated ONNX export as an OpenVINO IR for the profile's precision and (optional) static batch."""
+
+    name = "openvino"
+    source = Format.ONNX
+    target = Format.OPENVINO_IR
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            import openvino
+        except Exception as exc:  # ImportError or a broken native library
+            return False, f"openvino cannot be imported ({exc}). Fix: pip install openvino."
+        return True, str(openvino.__version__)
+
+    def convert(
+        self,
+        artifact: Artifact,
+        profile: DeviceProfile,
+        precision: Precision,
+        *,
+        calibration: Feeds | None,
+        out_dir: Path,
+    ) -> Artifact:
+        if artifact.format is not Format.ONNX:
+            raise ConversionError(
+                f"The OpenVINO converter takes an ONNX model, not {artifact.format}.", fix="export to ONNX first."
+            )
+        ok, why = self.availability()
+        if not ok:
+            raise RuntimeUnavailableError(why)
+        if precision is Precision.INT8 and (calibration is None or len(calibration) == 0):
+            raise ConversionError(
+                "INT8 quantisation with NNCF needs calibration data and none was given.",
+                fix="pass calibration feeds (for example 'modelport convert --calibration-samples 200' or "
+                "Feeds.from_array(...) in the Python API), or choose fp32/fp16.",
+            )
+        import openvino as ov
+
+        try:
+            model = ov.convert_model(str(artifact.path))
+        except Exception as exc:
+            raise ConversionError(
+                f"OpenVINO could not read the ONNX model {artifact.path}: {exc}",
+                fix="check the model's operators are supported by OpenVINO's ONNX frontend, or use another opset.",
+            ) from exc
+        if profile.static_batch:
+            _reshape_static(model, profile.static_batch)
+
+        details: dict[str, Any] = {"static_batch": profile.static_batch}
+        if precision is Precision.INT8:
+            feeds = conform_feeds(calibration or Feeds(batches=()), artifact.inputs)
+            if profile.static_batch:
+                feeds = rebatch(feeds, profile.static_batch)
+            model, info = _quantise(model, feeds, profile)
+            details.update(info)
+        compress = precision is Precision.FP16
+        details["compress_to_fp16"] = compress
+
+        out_dir = Path(out_dir)
+        with temp_dir_in(out_dir, ".ov-convert-") as work:
+            xml = work / IR_FILES[0]
+            try:
+                # save_model compresses weights to FP16 unless told not to: an "fp32" or int8 IR must say False.
+                ov.save_model(model, str(xml), compress_to_fp16=compress)
+                ov.Core().read_model(str(xml))  # the IR must read back before it replaces anything
+            except Exception as exc:
+                raise ConversionError(
+                    f"OpenVINO could not write an IR that reads back: {exc}",
+                    fix="check free disk space in the output folder; otherwise report this with the model.",
+                ) from exc
+            _move_into_place(work, out_dir)
+
+        files = [out_dir / f for f in IR_FILES]
+        inputs = tuple(_spec(p, artifact.inputs) for p in model.inputs)
+        outputs = tuple(_spec(p, artifact.outputs) for p in model.outputs)
+        return Artifact(
+            path=files[0],
+            format=Format.OPENVINO_IR,
+            precision=precision,
+            inputs=inputs,
+            outputs=outputs,
+            profile=profile.name,
+            sha256=sha256_files(files),
+            size_bytes=total_size(files),
+            files=IR_FILES,
+            parent_sha256=artifact.sha256 or None,
+            recipe=artifact.recipe,
+            preprocessing=artifact.preprocessing,
+            tools={**artifact.tools, "openvino": ov.__version__, **tool_versions("nncf")},
+            status=Status.EXPORTED,
+            details=details,
+        )
+
+
+def _reshape_static(model: "ov.Model", batch: int) -> None:
+    """Fix axis 0 of every input to ``batch``; any other dynamic dimension left is an error (NPUs need static)."""
+    import openvino as ov
+
+    shapes = {}
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() == 0:
+            raise ConversionError(
+                f"Input '{port.get_any_name()}' has no batch axis to fix (shape {shape}).",
+                fix="export the model with a batch dimension first.",
+            )
+        dims = [ov.Dimension(batch)] + [shape[i] for i in range(1, shape.rank.get_length())]
+        shapes[port.get_any_name()] = ov.PartialShape(dims)
+    try:
+        model.reshape(shapes)
+    except Exception as exc:
+        raise ConversionError(
+            f"OpenVINO cannot reshape the model to batch {batch}: {exc}",
+            fix="export the model with a dynamic batch, or with this batch size.",
+        ) from exc
+    if model.is_dynamic():
+        left = [f"{p.get_any_name()} {p.get_partial_shape()}" for p in [*model.inputs, *model.outputs]
+                if p.get_partial_shape().is_dynamic]
+        raise ConversionError(
+            f"After fixing the batch to {batch} the model still has dynamic dimensions: {', '.join(left)}.",
+            fix="export with static shapes for every axis but the batch (e.g. a fixed sequence length).",
+        )
+
+
+def _quantise(model: "ov.Model", feeds: Feeds, profile: DeviceProfile) -> tuple["ov.Model", dict[str, Any]]:
+    """NNCF post-training quantisation; PERFORMANCE (symmetric) unless the profile asks for ``mixed``."""
+    import nncf
+
+    preset_name = str(profile.options.get("int8_preset", "performance")).lower()
+    if preset_name not in INT8_PRESETS:
+        raise InputError(
+            f"Profile '{profile.name}' asks for int8_preset '{preset_name}'. Available: {', '.join(INT8_PRESETS)}.",
+            fix="set int8_preset to 'performance' or 'mixed' in the profile.",
+        )
+    preset = nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE
+    target = {"CPU": nncf.TargetDevice.CPU, "GPU": nncf.TargetDevice.GPU, "NPU": nncf.TargetDevice.NPU}.get(
+        profile.device.upper(), nncf.TargetDevice.ANY
+    )
+    try:
+        quantized = nncf.quantize(
+            model,
+            feeds.nncf_dataset(),
+            preset=preset,
+            target_device=target,
+            subset_size=len(feeds),
+            fast_bias_correction=True,
+        )
+    except Exception as exc:
+        raise ConversionError(
+            f"NNCF INT8 quantisation failed: {exc}",
+            fix="check the calibration data matches the model's inputs (names, shapes, dtypes), or choose fp16.",
+        ) from exc
+    return quantized, {
+        "quantizer": "nncf.quantize",
+        "nncf_preset": preset_name,
+        "nncf_target_device": str(target.value),
+        "calibration_samples": feeds.num_samples,
+        "calibration_batches": len(feeds),
+        "fast_bias_correction": True,
+    }
+
+
+def _move_into_place(work: Path, out_dir: Path) -> None:
+    """fsync both files, then rename .bin before .xml: a reader that finds the new .xml finds its .bin too."""
+    for name in IR_FILES:
+        with open(work / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    for name in reversed(IR_FILES):
+        os.replace(work / name, out_dir / name)
+
+
+def _spec(port: Any, onnx_specs: tuple[TensorSpec, ...]) -> TensorSpec:
+    """A port as a ``TensorSpec`` named and shaped like the ONNX tensor it came from (dynamic axis 0 → batch)."""
+    names = port.get_names()
+    match = next((s for s in onnx_specs if s.name in names), None)
+    name = match.name if match is not None else port.get_any_name()
+    shape = port.get_partial_shape()
+    dims: list[int | str] = []
+    for i in range(shape.rank.get_length() if shape.rank.is_static else 0):
+        d = shape[i]
+        if d.is_static:
+            dims.append(int(d.get_length()))
+        elif i == 0:
+            dims.append(BATCH)
+        elif match is not None and i < len(match.shape) and isinstance(match.shape[i], str):
+            dims.append(match.shape[i])
+        else:
+            dims.append(f"dim{i}")
+    try:
+        dtype = port.get_element_type().to_dtype().name
+    except Exception:  # element types without a numpy equivalent keep OpenVINO's name
+        dtype = str(port.get_element_type().get_type_name())
+    return TensorSpec(name=name, shape=tuple(dims), dtype=dtype)
+
+
+__all__ = ["INT8_PRESETS", "IR_FILES", "OpenVinoConverter"]

@@ -1,0 +1,65 @@
+"""Run a session over evaluation feeds: the one loop shared by convert-time validation and the benchmark runner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelport.agreement import Agreement, compare
+from modelport.data.feeds import Feeds
+from modelport.runtimes.base import Session
+
+
+def fixed_batch(session: Session) -> int | None:
+    """The batch size an artifact was compiled for, or None when its batch axis is dynamic."""
+    first = session.inputs[0].shape[0] if session.inputs and session.inputs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def run_feeds(session: Session, feeds: Feeds) -> list[np.ndarray]:
+    """First output per feed batch. A static-batch artifact gets each batch split to its size (the last chunk padded
+    by repetition and trimmed after), so outputs line up with ``feeds`` whatever the artifact's batch."""
+    static = fixed_batch(session)
+    outputs: list[np.ndarray] = []
+    for feed in feeds:
+        n = len(next(iter(feed.values())))
+        if static is None or static == n:
+            outputs.append(np.asarray(session.infer(feed)[0]))
+            continue
+        parts = []
+        for start in range(0, n, static):
+            chunk = {k: v[start : start + static] for k, v in feed.items()}
+            got = len(next(iter(chunk.values())))
+            if got < static:
+                chunk = {k: np.concatenate([v] + [v[-1:]] * (static - got)) for k, v in chunk.items()}
+            parts.append(np.asarray(session.infer(chunk)[0])[:got])
+        outputs.append(np.concatenate(parts))
+    return outputs
+
+
+def top1_accuracy(outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None) -> float | None:
+    """Top-1 accuracy of class-score outputs; None without labels or for non-class outputs."""
+    if labels is None or not outputs:
+        return None
+    scores = np.concatenate([np.asarray(o).reshape(len(o), -1) for o in outputs])
+    y = np.concatenate([np.asarray(lab).reshape(-1) for lab in labels])
+    if scores.ndim != 2 or scores.shape[1] < 2 or len(y) != len(scores):
+        return None
+    return float(np.mean(scores.argmax(1) == y))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Outputs of one artifact over evaluation feeds, scored against labels and the reference."""
+
+    outputs: list[np.ndarray]
+    accuracy: float | None
+    agreement: Agreement | None
+
+
+def evaluate(session: Session, feeds: Feeds, reference: Sequence[np.ndarray] | None) -> Evaluation:
+    outputs = run_feeds(session, feeds)
+    agreement = compare(reference, outputs) if reference is not None else None
+    return Evaluation(outputs=outputs, accuracy=top1_accuracy(outputs, feeds.labels), agreement=agreement)

@@ -1,0 +1,170 @@
+"""PyTorch eager: the reference every exported artifact is compared with.
+
+A PYTORCH artifact is a safetensors state dict plus ``details["arch"]``/``details["model_kwargs"]`` to rebuild
+the module. The Python API can also benchmark any ``nn.Module`` without an architecture name: it registers the
+module in-process under the artifact's sha256 (``register_module``); lookup order is registry, then arch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelport.core.types import Artifact, Format
+from modelport.errors import CheckpointError, RuntimeUnavailableError
+from modelport.runtimes.base import Feed, Runtime, Session
+from modelport.runtimes.onnxruntime import _check_format, _check_threads
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_MODULES: dict[str, "nn.Module"] = {}
+
+
+def register_module(sha256: str, module: "nn.Module") -> None:
+    """Make ``module`` loadable for PYTORCH artifacts whose ``sha256`` is this key (in this process only)."""
+    if not sha256:
+        raise ValueError("register_module needs a non-empty sha256 key")
+    _MODULES[sha256] = module
+
+
+def unregister_module(sha256: str) -> None:
+    _MODULES.pop(sha256, None)
+
+
+def _to_numpy_list(out: Any) -> list[np.ndarray]:
+    """Flatten a tensor / tuple / list / dict of tensors into numpy arrays, in order."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out.detach().cpu().numpy()]
+    if isinstance(out, Mapping):
+        return [a for v in out.values() for a in _to_numpy_list(v)]
+    if isinstance(out, (tuple, list)):
+        return [a for v in out for a in _to_numpy_list(v)]
+    raise TypeError(f"model output of type {type(out).__name__} is not a tensor, tuple, list or dict of tensors")
+
+
+class TorchEagerSession(Session):
+    """The module in eval mode under ``torch.inference_mode``."""
+
+    def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
+        super().__init__(artifact, device, threads)
+        self._module: Any = None
+        self._was_training: bool | None = None
+        self._prev_threads: int | None = None
+        self._torch_device = "cuda" if device.upper().startswith("CUDA") else "cpu"
+
+    def _build(self) -> "nn.Module":
+        sha = self.artifact.sha256
+        if sha and sha in _MODULES:
+            return _MODULES[sha]
+        arch = self.artifact.details.get("arch")
+        if not arch:
+            raise RuntimeUnavailableError(
+                f"PyTorch artifact {self.artifact.path} has no registered module for sha256 '{sha or '(none)'}' "
+                "and no 'arch' in its details, so it cannot be rebuilt.",
+                fix="register the module with modelport.runtimes.torch_eager.register_module(sha256, module), "
+                "or give details={'arch': ..., 'model_kwargs': {...}}.",
+            )
+        if not self.artifact.path.is_file():
+            raise CheckpointError(
+                f"State dict {self.artifact.path} for '{arch}' does not exist.", fix="convert the checkpoint again."
+            )
+        from safetensors.torch import load_file
+
+        from modelport.models import build_model
+
+        module = build_model(arch, **dict(self.artifact.details.get("model_kwargs") or {}))
+        try:
+            module.load_state_dict(load_file(str(self.artifact.path)), strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"State dict {self.artifact.path} does not fit '{arch}': {str(exc).splitlines()[0]}",
+                fix="check 'arch' and 'model_kwargs' in the artifact details.",
+            ) from exc
+        return module
+
+    def _open(self) -> None:
+        import torch
+
+        module = self._build()
+        self._was_training = bool(module.training)
+        if self._torch_device == "cuda":
+            import copy
+
+            module = copy.deepcopy(module).to("cuda")  # never move the caller's registered module
+        module.eval()
+        if self.threads is not None:
+            self._prev_threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.threads))
+        self._module = module
+
+    def _infer(self, feed: Feed) -> list[np.ndarray]:
+        import torch
+
+        names = [s.name for s in self.inputs] or list(feed)
+        tensors = []
+        for name in names:
+            arr = feed[name]
+            if not arr.flags.writeable:  # torch.from_numpy warns on read-only memory
+                arr = arr.copy()
+            tensors.append(torch.from_numpy(arr).to(self._torch_device))
+        with torch.inference_mode():
+            if len(tensors) == 1:
+                out = self._module(tensors[0])
+            else:
+                out = self._module(**dict(zip(names, tensors, strict=True)))
+        return _to_numpy_list(out)
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (the timing loop calls it before stopping the clock)."""
+        if self._torch_device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _close(self) -> None:
+        import torch
+
+        if self._prev_threads is not None:
+            torch.set_num_threads(self._prev_threads)
+            self._prev_threads = None
+        if self._module is not None and self._was_training and self._torch_device == "cpu":
+            self._module.train(True)  # give a registered module back as it came
+        self._module = None
+
+
+class TorchEagerRuntime(Runtime):
+    name = "torch"
+    formats = frozenset({Format.PYTORCH})
+
+    register_module = staticmethod(register_module)
+    unregister_module = staticmethod(unregister_module)
+
+    def availability(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("torch") is None:
+            return False, "torch is not installed: pip install torch"
+        try:
+            return True, importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            return True, "unknown version"
+
+    def devices(self) -> list[str]:
+        if not self.availability()[0]:
+            return []
+        import torch
+
+        return ["CPU", "CUDA"] if torch.cuda.is_available() else ["CPU"]
+
+    def load(self, artifact: Artifact, device: str = "CPU", threads: int | None = None) -> Session:
+        _check_format(self, artifact)
+        _check_threads(threads)
+        ok, why = self.device_available(device)
+        if not ok:
+            raise RuntimeUnavailableError(why, fix="use device 'CPU'.")
+        return TorchEagerSession(artifact, device, threads)
