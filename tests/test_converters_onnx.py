@@ -92,7 +92,7 @@ class DataDependent(nn.Module):
 
 def _image_feeds(n: int = 6, batch: int = 3, seed: int = 0) -> Feeds:
     x = np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
-    return Feeds.from_array(x, input_name="input", batch_size=batch)
+    return Feeds.from_array(x, np.arange(n) % 10, input_name="input", batch_size=batch)  # labels mark class outputs
 
 
 def _text_feeds() -> Feeds:

@@ -43,8 +43,11 @@ def outputs_are_classes(shape: Sequence[int]) -> bool:
     return len(shape) == 2 and shape[1] > 1
 
 
-def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> Agreement:
-    """Compare stacked outputs (each element one batch of the first output, same order)."""
+def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, classes: bool = True) -> Agreement:
+    """Compare stacked outputs (each element one batch of the first output, same order).
+
+    ``classes=False`` for outputs that are not class scores (embeddings, regressions): top-1 agreement is then
+    meaningless and left out, and cosine similarity with max abs diff carry the comparison."""
     ref = np.concatenate([np.asarray(r, dtype=np.float64).reshape(len(r), -1) for r in reference])
     got = np.concatenate([np.asarray(c, dtype=np.float64).reshape(len(c), -1) for c in candidate])
     if ref.shape != got.shape:
@@ -62,7 +65,7 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) ->
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     cosine = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
     top1 = None
-    if ref.ndim == 2 and ref.shape[1] > 1:
+    if classes and ref.ndim == 2 and ref.shape[1] > 1:
         first = reference[0]
         if outputs_are_classes(np.asarray(first).shape):
             top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))

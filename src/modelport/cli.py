@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from modelport.errors import InputError, ModelportError
 
@@ -295,31 +296,28 @@ def _print_conversion(result: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: turns modelport errors into one-paragraph messages with a non-zero exit code."""
-    import click
+    """Entry point: turns modelport errors into one-paragraph messages with a non-zero exit code.
 
+    Typer runs in standalone mode (it prints help and usage errors and exits itself); only modelport's own errors
+    and unexpected bugs reach the handlers here.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MODELPORT_DEBUG") == "1"
     try:
-        app(args=args, prog_name="modelport", standalone_mode=False)
+        app(args=args, prog_name="modelport", standalone_mode=True)
     except ModelportError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err_console.print("aborted")
         sys.exit(130)
     except Exception as exc:  # a bug, not a user error: say so briefly, keep the traceback behind --debug
         if debug:
             raise
         err_console.print(
-            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc}. "
+            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {escape(str(exc))}. "
             "Run again with --debug for the traceback and please report it.",
             highlight=False,
             soft_wrap=True,

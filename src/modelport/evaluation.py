@@ -61,5 +61,5 @@ class Evaluation:
 
 def evaluate(session: Session, feeds: Feeds, reference: Sequence[np.ndarray] | None) -> Evaluation:
     outputs = run_feeds(session, feeds)
-    agreement = compare(reference, outputs) if reference is not None else None
+    agreement = compare(reference, outputs, classes=feeds.labels is not None) if reference is not None else None
     return Evaluation(outputs=outputs, accuracy=top1_accuracy(outputs, feeds.labels), agreement=agreement)

@@ -173,7 +173,7 @@ def _accuracy_and_agreement(
     if reference is not None:
         if reference.shape != first.shape:
             return f"output shape {tuple(first.shape)} differs from the reference {tuple(reference.shape)}"
-        row.agreement = compare([reference], [first]).to_dict()
+        row.agreement = compare([reference], [first], classes=labels is not None).to_dict()
     if bad:
         return bad
     if labels is not None:

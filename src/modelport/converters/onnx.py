@@ -563,7 +563,7 @@ def validate_onnx(
                 name = names[i] if i < len(names) else f"#{i}"
                 return artifact.failed(f"output '{name}' contains NaN/Inf")
     try:
-        agreement = compare([r[0] for r in reference], [c[0] for c in candidate])
+        agreement = compare([r[0] for r in reference], [c[0] for c in candidate], classes=feeds.labels is not None)
     except ValueError as exc:
         return artifact.failed(f"output differs in shape from PyTorch: {exc}")
     details = {**artifact.details, "validation": {**agreement.to_dict(), "precision": str(precision)}}
