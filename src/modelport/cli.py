@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # piped output (logs, CI) keeps the table whole
 err_console = Console(stderr=True)
 _STATE = {"debug": False}
 
@@ -99,7 +99,7 @@ def demo(
         threads=threads,
     )
     results = bench(result.out_dir, config=config, progress=_progress)
-    console.print(render_table(results))
+    render_table(results, console)
     console.print(
         f"results: {result.out_dir / 'results.json'}, results.csv, results.md\n"
         f"next: modelport bench {result.out_dir}   or   modelport convert CKPT --arch ARCH --out DIR"
@@ -210,7 +210,7 @@ def bench_cmd(
         eval_limit=eval_limit,
     )
     results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=_progress)
-    console.print(render_table(results))
+    render_table(results, console)
     console.print(f"wrote {(out or folder) / 'results.json'}, results.csv, results.md")
 
 

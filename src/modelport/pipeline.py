@@ -315,6 +315,8 @@ def convert(
                     _lower(onnx_art, profile, precision, plan, stage, reference, ref_accuracy)
                 )
         _write_samples(stage / SAMPLES_NAME, plan.validation, reference)
+        final = str(out_path.absolute())
+        artifacts = [a.replace(status_detail=a.status_detail.replace(str(stage), final)) for a in artifacts]
         manifest = Manifest(
             artifacts=artifacts,
             model={

@@ -130,24 +130,44 @@ def _title(results: BenchResults) -> str:
 # ---------------------------------------------------------------- renderers
 
 
-def render_table(results: BenchResults, console: "Console | None" = None) -> "Table":
-    """A rich table of every row; printed to ``console`` too when one is given."""
+_COMPACT_DROP = ("runtime/device", "precision", "gzip MB", "max abs diff")
+
+
+def render_table(results: BenchResults, console: "Console | None" = None, *, compact: bool | None = None) -> "Table":
+    """A rich table of every row; printed to ``console`` too when one is given.
+
+    ``compact`` (default: when the console is narrower than 150 columns) leaves out runtime/device, gzip size and
+    max abs diff so the table stays readable in an 80-column terminal; the files written keep every column."""
     from rich.table import Table
 
+    if compact is None:
+        compact = console is not None and console.width < 150
+
     table = Table(title=_title(results), caption="p50/p99 at batch 1 and items/s at the largest batch unless (bN) says")
-    for h in HEADERS:
+    shown = [i for i, h in enumerate(HEADERS) if not (compact and h in _COMPACT_DROP)]
+    for h in (HEADERS[i] for i in shown):
         numeric = h not in {"artifact", "runtime/device", "precision", "status", "warnings"}
-        table.add_column(
-            h, justify="right" if numeric else "left", overflow="fold",
-            max_width=48 if h in {"status", "warnings"} else None,
-        )
+        min_width = {"artifact": 19, "status": 11, "warnings": 7}.get(h)
+        table.add_column(h, justify="right" if numeric else "left", overflow="fold", min_width=min_width)
+    footnotes: list[str] = []
     for row in results.rows:
         cells = row_cells(row)
         style = _STATUS_STYLE.get(row.state, "")
-        cells[3] = f"[{style}]{_escape(cells[3])}[/{style}]" if style else _escape(cells[3])
-        cells[-1] = f"[yellow]{_escape(cells[-1])}[/yellow]" if cells[-1] else ""
+        status = cells[3]
+        if ":" in status:  # long reasons go under the table so columns stay readable in 80-column terminals
+            footnotes.append(status)
+            status = f"{row.state} [{len(footnotes)}]"
+        notes = cells[-1]
+        if len(notes) > 40:
+            footnotes.append(f"{row.label}: {notes}")
+            notes = f"see [{len(footnotes)}]"
+        cells[3] = f"[{style}]{_escape(status)}[/{style}]" if style else _escape(status)
+        cells[-1] = f"[yellow]{_escape(notes)}[/yellow]" if notes else ""
         cells[0] = _escape(cells[0])
-        table.add_row(*cells)
+        table.add_row(*(cells[i] for i in shown))
+    if footnotes:
+        table.caption = _escape(table.caption + "\n" + "\n".join(f"[{i}] {line}" for i, line in enumerate(footnotes, 1)))
+        table.caption_justify = "left"
     if console is not None:
         console.print(table)
     return table
