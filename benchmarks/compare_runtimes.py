@@ -22,17 +22,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def benchmark_app_median(xml: Path, threads: int, seconds: int, shape: str) -> float | None:
-    """OpenVINO's own tool, latency hint, sync API, same threads; returns its median latency in ms."""
+    """OpenVINO's own tool, sync API, one stream and the same threads (what our latency-hint session compiles to;
+    benchmark_app accepts -nthreads only with -hint none); returns its median latency in ms."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     if not Path(exe).exists():
         return None
-    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync", "-t", str(seconds),
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-api", "sync", "-t", str(seconds),
            "-nthreads", str(threads), "-shape", shape, "-infer_precision", "f32"]
     if "int8" in str(xml.parent):
         cmd = cmd[:-2]  # let the CPU plugin pick its INT8 kernels; f32 hint only pins FP32 IRs
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
-    match = re.search(r"Median:\s+([0-9.]+)\s*ms", proc.stdout)
-    return float(match.group(1)) if match else None
+    match = re.search(r"Median:\s+([0-9.]+)\s*(ms|us)", proc.stdout)  # small models are reported in us
+    if match is None:
+        print(f"benchmark_app gave no median (exit {proc.returncode}): {(proc.stdout + proc.stderr)[-600:]}", flush=True)
+        return None
+    value = float(match.group(1))
+    return value / 1000.0 if match.group(2) == "us" else value
 
 
 def run(models: list[str], threads: int, seconds: float) -> dict:
@@ -103,9 +108,10 @@ def to_markdown(data: dict) -> str:
     lines = [
         "# Runtime comparison (batch 1, median latency)",
         "",
-        f"CPU: {env.get('cpu')} · threads {data['threads']} · flags {env.get('cpu_flags')}",
-        f"versions: {env.get('versions')}",
-        f"created: {env.get('timestamp')} · commit {env.get('git_commit')}",
+        f"CPU: {env.get('cpu', {}).get('model')} ({env.get('cpu', {}).get('logical_cores')} logical cores) · "
+        f"threads {data['threads']} · flags {env.get('cpu', {}).get('flags')}",
+        f"versions: {env.get('packages')}",
+        f"created: {env.get('timestamp')} · commit {env.get('git')}",
         "",
     ]
     for arch, m in data["models"].items():
