@@ -9,19 +9,25 @@ import numpy as np
 
 from modelport.agreement import Agreement, compare
 from modelport.data.feeds import Feeds
+from modelport.core.types import TensorSpec
+from modelport.errors import InputError
 from modelport.runtimes.base import Session
 
 
-def fixed_batch(session: Session) -> int | None:
-    """The batch size an artifact was compiled for, or None when its batch axis is dynamic."""
-    first = session.inputs[0].shape[0] if session.inputs and session.inputs[0].shape else None
-    return first if isinstance(first, int) and first > 0 else None
+def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
+    """The batch size an artifact is compiled for (first axis of its inputs), or None when the batch is dynamic."""
+    fixed = {s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] >= 0}
+    if not fixed:
+        return None
+    if len(fixed) > 1:
+        raise InputError(f"The inputs disagree on the batch axis: {sorted(fixed)}.", fix="re-export with one batch size.")
+    return fixed.pop()
 
 
 def run_feeds(session: Session, feeds: Feeds) -> list[np.ndarray]:
     """First output per feed batch. A static-batch artifact gets each batch split to its size (the last chunk padded
     by repetition and trimmed after), so outputs line up with ``feeds`` whatever the artifact's batch."""
-    static = fixed_batch(session)
+    static = fixed_batch(session.inputs)
     outputs: list[np.ndarray] = []
     for feed in feeds:
         n = len(next(iter(feed.values())))

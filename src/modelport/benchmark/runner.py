@@ -18,6 +18,7 @@ from modelport.benchmark.results import ArtifactResult
 from modelport.benchmark.timing import TimingConfig, measure
 from modelport.core.types import Artifact, TensorSpec
 from modelport.data.feeds import Feeds
+from modelport.evaluation import fixed_batch
 from modelport.errors import InputError, ModelportError, RuntimeUnavailableError
 from modelport.runtimes.base import Feed, Runtime, Session
 
@@ -68,16 +69,6 @@ def _rss_mb() -> float | None:
         return round(psutil.Process().memory_info().rss / 2**20, 2)
     except Exception:  # noqa: BLE001 - memory is informative; a missing psutil must not fail the benchmark
         return None
-
-
-def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
-    """The batch size an artifact is compiled for (first axis of its inputs), or None when the batch is dynamic."""
-    fixed = {s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] >= 0}
-    if not fixed:
-        return None
-    if len(fixed) > 1:
-        raise InputError(f"The inputs disagree on the batch axis: {sorted(fixed)}.", fix="re-export with one batch size.")
-    return fixed.pop()
 
 
 # ---------------------------------------------------------------- data
