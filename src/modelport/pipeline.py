@@ -230,6 +230,8 @@ def convert(
     trust_pickle: bool = False,
     overwrite: bool = False,
     seed: int = 0,
+    recipe: "Recipe | str | Path | None" = None,
+    compression_seconds: float | None = None,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Export ``model_or_path`` to ONNX (validated against PyTorch) and lower it for each profile and precision.
@@ -238,10 +240,17 @@ def convert(
     file (export skipped). Registry models default to the ``digits`` dataset; any other module needs
     ``example_inputs`` and either ``dataset`` or ``calibration_data``/``validation_data``.
     Everything is written to a staging folder and moved to ``out`` only when the run finishes.
+    ``recipe`` (a ``Recipe`` or a recipe TOML path) compresses the PyTorch model before export; its steps are checked
+    before any work, the manifest records each step and the uncompressed model's accuracy, and a recipe ending in a
+    lowering step (quantize) defaults ``precisions`` to that step's precision. ``compression_seconds`` caps each
+    step's fine-tuning.
     """
     say = progress or _quiet
     profile_list = parse_profile_list(profiles)
     wanted = parse_precision_list(precisions)
+    recipe_obj = _load_recipe(recipe)
+    if recipe_obj is not None and wanted is None and recipe_obj.lowering_precision is not None:
+        wanted = parse_precision_list(recipe_obj.lowering_precision)
     out_path = Path(out)
     from modelport.core.outdir import check_out_dir
 
@@ -257,6 +266,11 @@ def convert(
         input_shape = (source.model_kwargs["in_channels"], source.model_kwargs["image_size"], source.model_kwargs["image_size"])
     if dataset is None and source.arch is not None and calibration_data is None:
         dataset = "digits"
+    if recipe_obj is not None and source.model is None:
+        raise InputError(
+            f"Recipe '{recipe_obj.name}' needs a PyTorch model, but {model_or_path} is an ONNX file.",
+            fix="convert the PyTorch checkpoint with the recipe, or drop --recipe and pass --precisions int8.",
+        )
 
     with staged_dir(out_path, overwrite=overwrite) as stage:
         artifacts: list[Artifact] = []
@@ -289,6 +303,10 @@ def convert(
                 calibration_data=calibration_data, validation_data=validation_data, example_feed=example_feed,
                 calibration_size=calibration_size, seed=seed,
             )
+            if recipe_obj is not None:
+                say(f"applying recipe '{recipe_obj.name}' ({recipe_obj.summary()})")
+                compressed = _apply_recipe(source, recipe_obj, plan, input_names, seed, compression_seconds)
+                source = dataclasses.replace(source, model=compressed.model, arch=compressed.arch)
             say("saving the PyTorch reference")
             torch_art = _save_reference(source, examples, stage, plan.preprocessing)
             artifacts.append(torch_art)
@@ -307,16 +325,19 @@ def convert(
                 say(f"ONNX export {onnx_art.status_text}")
 
         ref_accuracy = _accuracy(reference, plan.validation)
+        lowering = compressed.lowering if compressed is not None else None
         skipped: list[str] = []
         for profile in profile_list:
             for precision in _precisions_for(profile, wanted, skipped):
                 say(f"lowering for {profile.name} at {precision}")
                 artifacts.append(
-                    _lower(onnx_art, profile, precision, plan, stage, reference, ref_accuracy)
+                    _lower(onnx_art, profile, precision, plan, stage, reference, ref_accuracy, options=lowering)
                 )
         _write_samples(stage / SAMPLES_NAME, plan.validation, reference)
         final = str(out_path.absolute())
         artifacts = [a.replace(status_detail=a.status_detail.replace(str(stage), final)) for a in artifacts]
+        if compressed is not None:
+            artifacts = _with_recipe(artifacts, compressed)
         manifest = Manifest(
             artifacts=artifacts,
             model={
@@ -326,6 +347,7 @@ def convert(
                 "checkpoint_sha256": source.checkpoint_sha256,
                 "parameters": _count_parameters(source.model),
                 "input_names": input_names,
+                **({"recipe": compressed.manifest_record()} if compressed is not None else {}),
             },
             dataset={**plan.description, "class_names": plan.class_names, "reference_accuracy": ref_accuracy},
             preprocessing=plan.preprocessing,
@@ -461,8 +483,13 @@ def _lower(
     stage: Path,
     reference: list[np.ndarray],
     ref_accuracy: float | None,
+    options: Mapping[str, Any] | None = None,
 ) -> Artifact:
-    """Convert for one profile/precision and validate the result in its runtime; failures become rows, not crashes."""
+    """Convert for one profile/precision and validate the result in its runtime; failures become rows, not crashes.
+
+    ``options``: lowering options of the recipe's stage-``lowering`` steps (``StepOutcome.lowering``, keys in
+    ``modelport.converters.lowering``), given to the converter; accuracy control also gets the validation feeds.
+    """
     from modelport.converters import get_converter
 
     out_dir = stage / profile.name / str(precision)
@@ -474,8 +501,12 @@ def _lower(
         return placeholder.failed(f"the ONNX export it would be lowered from is {onnx_art.status_text}")
     converter = get_converter(profile.runtime)
     calibration = plan.calibration if precision is Precision.INT8 else None
+    if options and "max_drop" in (options.get("quantization") or {}):
+        options = {**options, "validation_feeds": plan.validation}
     try:
-        art = converter.convert(onnx_art, profile, precision, calibration=calibration, out_dir=out_dir)
+        art = converter.convert(
+            onnx_art, profile, precision, calibration=calibration, out_dir=out_dir, options=options or None
+        )
     except RuntimeUnavailableError as exc:
         return placeholder.replace(status=Status.UNAVAILABLE, status_detail=exc.message)
     except ModelportError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision
@@ -15,6 +17,11 @@ class Converter(ABC):
 
     ``convert`` writes only under ``out_dir`` and atomically; it returns the new ``Artifact`` whose
     ``parent_sha256`` is the source's hash. INT8 needs ``calibration``.
+
+    ``options`` are lowering options from compression steps of stage ``lowering`` (PTQ settings such as NNCF
+    presets or ONNX Runtime QDQ/QOperator); their keys are defined in ``modelport.converters.lowering``. A converter
+    ignores keys meant for another runtime (and records that), and raises ``ConversionError`` for options it
+    cannot honour rather than silently producing something else.
     """
 
     name: str = ""
@@ -34,5 +41,6 @@ class Converter(ABC):
         *,
         calibration: Feeds | None,
         out_dir: Path,
+        options: Mapping[str, Any] | None = None,
     ) -> Artifact:
         """Produce the target artifact; raise ``ConversionError`` with the reason on failure."""

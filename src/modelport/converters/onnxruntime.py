@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -49,6 +50,7 @@ class OnnxRuntimeConverter(Converter):
         *,
         calibration: Feeds | None,
         out_dir: Path,
+        options: Mapping[str, Any] | None = None,
     ) -> Artifact:
         if artifact.format is not Format.ONNX:
             raise ConversionError(

@@ -7,6 +7,7 @@ and the runtime reports whether the device is present.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ class OpenVinoConverter(Converter):
         *,
         calibration: Feeds | None,
         out_dir: Path,
+        options: Mapping[str, Any] | None = None,
     ) -> Artifact:
         if artifact.format is not Format.ONNX:
             raise ConversionError(

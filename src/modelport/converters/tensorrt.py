@@ -26,7 +26,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -850,7 +850,9 @@ class TensorRtConverter(Converter):
         *,
         calibration: Feeds | None,
         out_dir: Path,
+        options: Mapping[str, Any] | None = None,
     ) -> Artifact:
+        lowering = _lowering_plan(options, precision)
         out_dir = Path(out_dir)
         bundle, report = _write_bundle(artifact, profile, precision, calibration, out_dir)
         if not report.ok:
@@ -874,7 +876,31 @@ class TensorRtConverter(Converter):
                 + ".",
             )
         sidecar = build_engine(bundle)
-        return engine_artifact(bundle, sidecar, artifact)
+        art = engine_artifact(bundle, sidecar, artifact)
+        record = lowering.record()
+        return art.replace(details={**art.details, "lowering": record}) if record else art
+
+
+def _lowering_plan(options: Mapping[str, Any] | None, precision: Precision) -> Any:
+    """TensorRT calibrates INT8 itself: NNCF/ONNX Runtime settings are noted as not applicable; what it cannot
+    honour at all (accuracy-controlled or dynamic quantization) is refused before anything is written."""
+    from modelport.converters.lowering import plan_lowering
+
+    plan = plan_lowering(options, precision, "tensorrt", frozenset())
+    opts = options or {}
+    applies = opts.get("precision") in (None, str(precision))
+    given = dict(opts.get("quantization") or {}) if applies else {}
+    if "max_drop" in given:
+        raise ConversionError(
+            "Accuracy-controlled quantization (quantize-accuracy) is not available for TensorRT engines.",
+            fix="use an OpenVINO profile for quantize-accuracy, or the plain 'quantize' step for TensorRT.",
+        )
+    if given.get("mode") == "dynamic":
+        raise ConversionError(
+            "Dynamic INT8 quantization is not available for TensorRT engines (TensorRT INT8 is calibrated, static).",
+            fix="use mode = 'static' (or drop mode) for TensorRT profiles.",
+        )
+    return plan
 
 
 def engine_artifact(bundle: Bundle, sidecar: dict[str, Any], source: Artifact | None = None) -> Artifact:
