@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from modelport.benchmark.results import BenchResults
     from modelport.benchmark.runner import BenchConfig
+    from modelport.compression.recipe import CompressedModel, Recipe
 
 Progress = Callable[[str], None]
 
@@ -274,6 +275,7 @@ def convert(
 
     with staged_dir(out_path, overwrite=overwrite) as stage:
         artifacts: list[Artifact] = []
+        compressed: CompressedModel | None = None
         if source.onnx_path is not None:
             from modelport.converters.onnx import onnx_artifact_from_file
 
@@ -361,6 +363,53 @@ def convert(
 
 def _opt_path(p: str | Path | None) -> Path | None:
     return None if p is None else Path(p)
+
+
+def _load_recipe(recipe: Any) -> "Recipe | None":
+    """A ``Recipe`` as given, or read (and every step checked) from a TOML path."""
+    if recipe is None:
+        return None
+    from modelport.compression.recipe import Recipe
+
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, (str, Path)):
+        return Recipe.from_file(recipe)
+    raise InputError(
+        f"recipe must be a Recipe or the path of a recipe TOML, got {type(recipe).__name__}.",
+        fix="pass recipe='recipe.toml' or modelport.compression.recipe.Recipe.from_file(...).",
+    )
+
+
+def _apply_recipe(
+    source: Source, recipe: "Recipe", plan: DataPlan, input_names: list[str], seed: int, max_seconds: float | None
+) -> "CompressedModel":
+    """Measure the uncompressed model, then compress it; the dataset (for fine-tuning) is the one the plan names."""
+    from modelport.compression.recipe import compress_model
+
+    dataset = None
+    if plan.description.get("name"):
+        from modelport.data import load_described
+
+        dataset = load_described(plan.description)
+    return compress_model(
+        source.model, recipe, arch=source.arch, model_kwargs=source.model_kwargs, dataset=dataset,
+        validation=plan.validation, input_name=input_names[0], seed=seed, max_seconds=max_seconds,
+    )
+
+
+def _with_recipe(artifacts: list[Artifact], compressed: "CompressedModel") -> list[Artifact]:
+    """Every artifact records the recipe's steps; validated ones also their accuracy drop vs the uncompressed model."""
+    steps = compressed.artifact_recipe()
+    base = compressed.uncompressed.get("accuracy")
+    out = []
+    for a in artifacts:
+        details = a.details
+        val = details.get("validation")
+        if base is not None and isinstance(val, dict) and val.get("accuracy") is not None:
+            details = {**details, "validation": {**val, "accuracy_drop_vs_uncompressed": base - val["accuracy"]}}
+        out.append(a.replace(recipe=steps, details=details))
+    return out
 
 
 def _now() -> str:
