@@ -101,7 +101,7 @@ def demo(
     results = bench(result.out_dir, config=config, progress=_progress)
     render_table(results, console)
     console.print(
-        f"results: {result.out_dir / 'results.json'}, results.csv, results.md\n"
+        f"results: {result.out_dir / 'results.json'}, results.csv, results.md, report.html\n"
         f"next: modelport bench {result.out_dir}   or   modelport convert CKPT --arch ARCH --out DIR"
     )
 
@@ -154,12 +154,19 @@ def convert_cmd(
         bool, typer.Option("--trust-pickle", help="Allow loading a pickled module (runs code from the file!).")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing modelport output folder.")] = False,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Compression recipe TOML applied before export (see 'modelport compress').")
+    ] = None,
+    max_train_seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="Cap on each recipe step's fine-tuning, in seconds.")
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (validated against PyTorch) and lower it for each device profile.
 
     Examples:\n
       modelport convert cifar.safetensors --arch simple-cifar --profiles legacy-cpu,intel-cpu --precisions fp32,int8 --out /tmp/cifar\n
-      modelport convert model.onnx --dataset digits --profiles intel-cpu --out /tmp/onnx-ir
+      modelport convert model.onnx --dataset digits --profiles intel-cpu --out /tmp/onnx-ir\n
+      modelport convert mnist.safetensors --arch simple-mnist --recipe prune-int8.toml --out /tmp/small
     """
     from modelport.pipeline import convert
 
@@ -177,14 +184,70 @@ def convert_cmd(
         calibration_size=calibration_size,
         trust_pickle=trust_pickle,
         overwrite=overwrite,
+        recipe=recipe,
+        compression_seconds=max_train_seconds,
         progress=_progress,
     )
     _print_conversion(result)
+    _print_recipe(result)
+
+
+@app.command(name="compress")
+def compress_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help=".safetensors / .pt state dict of a PyTorch model.")],
+    recipe: Annotated[Path, typer.Option(help="Recipe TOML: one step table per method (method = \"prune\", its parameters).")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite a modelport folder).")],
+    arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Fine-tuning, calibration and validation data (default: digits).")] = None,
+    dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
+    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all'.")] = "all",
+    precisions: Annotated[
+        str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: the recipe's quantize step, else each profile's own).")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(min=1, help="Samples used to calibrate INT8.")] = 300,
+    max_train_seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="Cap on each recipe step's fine-tuning, in seconds.")
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow loading a pickled module (runs code from the file!).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing modelport output folder.")] = False,
+) -> None:
+    """Compress a checkpoint with a recipe (prune, distill, low-rank, cluster, quantize…), then convert it.
+
+    The recipe is checked whole before any work; nothing is written under --out unless every step succeeds. The
+    manifest records each step, its parameters and report, and the uncompressed model's accuracy.\n
+    Example:  modelport compress mnist.safetensors --arch simple-mnist --recipe prune-int8.toml --out /tmp/small
+    """
+    convert_cmd(
+        checkpoint, out=out, arch=arch, dataset=dataset, dataset_root=dataset_root, profiles=profiles,
+        precisions=precisions, num_classes=None, in_channels=None, image_size=None, calibration_size=calibration_size,
+        trust_pickle=trust_pickle, overwrite=overwrite, recipe=recipe, max_train_seconds=max_train_seconds,
+    )
+
+
+@app.command(name="sweep")
+def sweep_cmd(
+    matrix: Annotated[Path, typer.Argument(help="Matrix TOML: models × variants (recipes) × profiles.")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite a sweep folder).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sweep output folder.")] = False,
+) -> None:
+    """Train each model once, convert every variant into its own folder, benchmark all, write one merged table.
+
+    Every variant is compared with the baseline of the same model and profile; one that is not smaller or not
+    faster is flagged.\n
+    Example:  modelport sweep benchmarks/seed_matrix.toml --out /tmp/seed
+    """
+    from modelport.compression.sweep import render_sweep, run_sweep
+
+    result = run_sweep(matrix, out=out, overwrite=overwrite, progress=_progress)
+    render_sweep(result, console)
+    console.print(f"wrote {result.out_dir / 'sweep.json'}, sweep.csv, sweep.md")
 
 
 @app.command(name="bench")
 def bench_cmd(
-    folder: Annotated[Path, typer.Argument(help="Output folder of 'modelport convert'.")],
+    folder: Annotated[Path, typer.Argument(help="Output folder of 'modelport convert', or a bundle (folder or .tar.gz).")],
     profiles: Annotated[str | None, typer.Option(help="Only these profiles (comma-separated).")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated.")] = "1,32",
     threads: Annotated[int | None, typer.Option(min=1, help="Threads per runtime (default: all cores).")] = None,
@@ -194,7 +257,7 @@ def bench_cmd(
     dataset_root: Annotated[Path | None, typer.Option(help="Where the dataset lives on this machine.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write results (default: FOLDER).")] = None,
 ) -> None:
-    """Benchmark every artifact in its native runtime; write results.json, results.csv and results.md.
+    """Benchmark every artifact in its native runtime; write results.json/csv/md and report.html.
 
     Example:  modelport bench /tmp/cifar --batch-sizes 1,8,32 --threads 2
     """
@@ -211,7 +274,98 @@ def bench_cmd(
     )
     results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=_progress)
     render_table(results, console)
-    console.print(f"wrote {(out or folder) / 'results.json'}, results.csv, results.md")
+    console.print(f"wrote {(out or folder) / 'results.json'}, results.csv, results.md, report.html")
+
+
+@app.command(name="report")
+def report_cmd(
+    results: Annotated[list[Path], typer.Argument(help="results.json files from 'modelport bench', one per machine.")],
+    html: Annotated[Path | None, typer.Option("--html", help="Write the self-contained HTML report here.")] = None,
+    md: Annotated[Path | None, typer.Option("--md", help="Write a Markdown table here.")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write a CSV here (labels name the machine).")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="Machine name per file, in order (default: its folder name).")
+    ] = None,
+) -> None:
+    """Merge results measured on different machines into one comparison: a table, and HTML/Markdown/CSV files.
+
+    Each machine's environment is shown; differing torch/ONNX Runtime/OpenVINO/NNCF versions are warned about.\n
+    Example:  modelport report desktop/results.json laptop/results.json --html compare.html
+    """
+    from modelport.benchmark.html_report import write_html
+    from modelport.benchmark.merge import environment_summary, merge, write_markdown
+    from modelport.benchmark.report import render_table, write_csv
+
+    outputs = [p for p in (html, md, csv) if p is not None]
+    inputs = {p.resolve() for p in results}
+    clash = [p for p in outputs if p.resolve() in inputs]
+    if clash or len({p.resolve() for p in outputs}) < len(outputs):
+        raise InputError(
+            f"An output file is also an input or another output: {', '.join(map(str, clash or outputs))}.",
+            fix="give --html, --md and --csv distinct new paths.",
+        )
+    comparison = merge(results, names=name)
+    render_table(comparison.to_bench_results(), console)
+    for run in comparison.runs:
+        console.print(f"[bold]{escape(run.name)}[/bold]: {escape(environment_summary(run.environment))}")
+    for line in comparison.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}")
+    if html is not None:
+        write_html(comparison, html)
+    if md is not None:
+        write_markdown(comparison, md)
+    if csv is not None:
+        write_csv(comparison.to_bench_results(), csv)
+    if outputs:
+        console.print("wrote " + ", ".join(escape(str(p)) for p in outputs))
+
+
+@app.command(name="pack")
+def pack_cmd(
+    folder: Annotated[Path, typer.Argument(help="Output folder of 'modelport convert'.")],
+    profile: Annotated[str, typer.Option(help="The device profile to ship (see 'modelport list').")],
+    out: Annotated[Path, typer.Option(help="bundle.tar.gz, or a folder (must not exist).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = False,
+) -> None:
+    """Pack one profile's artifacts, samples, a hashed manifest and a standalone run.py into a device bundle.
+
+    Example:  modelport pack /tmp/cifar --profile intel-cpu --out intel-cpu.tar.gz
+    """
+    from modelport.bundle.pack import pack
+
+    path = pack(folder, profile=profile, out=out, overwrite=overwrite, progress=_progress)
+    console.print(f"wrote {escape(str(path))}\non the device:  modelport verify {escape(path.name)}   or   python run.py")
+
+
+@app.command(name="verify")
+def verify_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder or .tar.gz made by 'modelport pack'.")],
+    device: Annotated[str | None, typer.Option(help="Run on this device instead of the profile's.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads for the smoke inference.")] = None,
+) -> None:
+    """Check a bundle on this device: hashes, schema, runtime and device, and a smoke inference against the
+    bundled reference outputs. Exits 1 when a check fails.
+
+    Example:  modelport verify intel-cpu.tar.gz
+    """
+    from rich.table import Table
+
+    from modelport.bundle.verify import verify
+
+    report = verify(bundle, device=device, threads=threads)
+    table = Table(title=f"verify {escape(str(bundle))}")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    marks = {True: "[green]ok[/green]", False: "[red]FAILED[/red]", None: "[yellow]skipped[/yellow]"}
+    for check in report.checks:
+        table.add_row(escape(check.name), marks[check.ok], escape(check.detail))
+    console.print(table)
+    if not report.ok:
+        failed = report.failures()
+        reason = failed[0].detail if failed else "no smoke inference ran"
+        err_console.print(f"[bold red]verification failed:[/bold red] {escape(reason)}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print("[green]bundle verified[/green]")
 
 
 @app.command()
@@ -273,6 +427,22 @@ def list_cmd() -> None:
     for prof in load_profiles().values():
         p.add_row(prof.name, prof.runtime, prof.device, ", ".join(prof.precisions), prof.description)
     console.print(p)
+
+
+def _print_recipe(result: Any) -> None:
+    """One line per recipe step: parameters before → after, and the uncompressed model's accuracy."""
+    record = result.manifest.model.get("recipe")
+    if not record:
+        return
+    base = (record.get("uncompressed") or {}).get("accuracy")
+    acc = "" if base is None else f"; uncompressed accuracy {base * 100:.2f}%"
+    console.print(f"recipe '{escape(record['name'])}'{acc}")
+    for r in record.get("reports") or []:
+        b, a = r["parameters_before"], r["parameters_after"]
+        console.print(
+            f"  {r['index']}. {escape(r['method'])}: parameters {b['total']:,} → {a['total']:,} "
+            f"(non-zero {b['nonzero']:,} → {a['nonzero']:,}) in {r['seconds']:.1f} s"
+        )
 
 
 def _print_conversion(result: Any) -> None:
