@@ -276,6 +276,7 @@ def convert(
     with staged_dir(out_path, overwrite=overwrite) as stage:
         artifacts: list[Artifact] = []
         compressed: CompressedModel | None = None
+        torch_art: Artifact | None = None  # the PyTorch reference, for converters that compile it (AOTInductor)
         if source.onnx_path is not None:
             from modelport.converters.onnx import onnx_artifact_from_file
 
@@ -333,7 +334,10 @@ def convert(
             for precision in _precisions_for(profile, wanted, skipped):
                 say(f"lowering for {profile.name} at {precision}")
                 artifacts.append(
-                    _lower(onnx_art, profile, precision, plan, stage, reference, ref_accuracy, options=lowering)
+                    _lower(
+                        onnx_art, profile, precision, plan, stage, reference, ref_accuracy, options=lowering,
+                        torch_art=torch_art,
+                    )
                 )
         _write_samples(stage / SAMPLES_NAME, plan.validation, reference)
         final = str(out_path.absolute())
@@ -533,28 +537,41 @@ def _lower(
     reference: list[np.ndarray],
     ref_accuracy: float | None,
     options: Mapping[str, Any] | None = None,
+    torch_art: Artifact | None = None,
 ) -> Artifact:
     """Convert for one profile/precision and validate the result in its runtime; failures become rows, not crashes.
+
+    Converters lower from the ONNX export, except those whose ``source`` is PYTORCH (AOTInductor), which get the
+    PyTorch reference ``torch_art``; with an .onnx input there is none and their row says so.
 
     ``options``: lowering options of the recipe's stage-``lowering`` steps (``StepOutcome.lowering``, keys in
     ``modelport.converters.lowering``), given to the converter; accuracy control also gets the validation feeds.
     """
     from modelport.converters import get_converter
 
+    converter = get_converter(profile.runtime)
+    from_torch = converter.source is Format.PYTORCH
+    parent = torch_art if from_torch and torch_art is not None else onnx_art
     out_dir = stage / profile.name / str(precision)
     placeholder = Artifact(
-        path=out_dir, format=profile.format, precision=precision, inputs=onnx_art.inputs, outputs=onnx_art.outputs,
-        profile=profile.name, parent_sha256=onnx_art.sha256, preprocessing=onnx_art.preprocessing,
+        path=out_dir, format=profile.format, precision=precision, inputs=parent.inputs, outputs=parent.outputs,
+        profile=profile.name, parent_sha256=parent.sha256, preprocessing=onnx_art.preprocessing,
     )
-    if not onnx_art.ok:
-        return placeholder.failed(f"the ONNX export it would be lowered from is {onnx_art.status_text}")
-    converter = get_converter(profile.runtime)
+    if from_torch and torch_art is None:
+        return placeholder.replace(
+            status=Status.UNAVAILABLE,
+            status_detail=f"needs the PyTorch model: {profile.name} compiles the PyTorch module, and an .onnx input "
+            "has none; convert the checkpoint (.safetensors/.pt with --arch) or pass the nn.Module instead",
+        )
+    if not parent.ok:
+        what = "PyTorch reference" if from_torch else "ONNX export"
+        return placeholder.failed(f"the {what} it would be lowered from is {parent.status_text}")
     calibration = plan.calibration if precision is Precision.INT8 else None
     if options and "max_drop" in (options.get("quantization") or {}):
         options = {**options, "validation_feeds": plan.validation}
     try:
         art = converter.convert(
-            onnx_art, profile, precision, calibration=calibration, out_dir=out_dir, options=options or None
+            parent, profile, precision, calibration=calibration, out_dir=out_dir, options=options or None
         )
     except RuntimeUnavailableError as exc:
         return placeholder.replace(status=Status.UNAVAILABLE, status_detail=exc.message)
@@ -661,19 +678,28 @@ def bench(
 ) -> "BenchResults":
     """Benchmark every artifact of a ``convert`` output folder in its native runtime.
 
-    Writes ``results.json``, ``results.csv`` and ``results.md`` to ``out`` (default: the folder itself) and returns
-    the results. Rows that cannot run here say why; nothing is silently dropped.
+    Writes ``results.json``, ``results.csv``, ``results.md`` and ``report.html`` to ``out`` (default: the folder
+    itself) and returns the results. Rows that cannot run here say why; nothing is silently dropped.
     """
+    from modelport.benchmark.html_report import write_html
     from modelport.benchmark.report import warnings_for, write_csv, write_markdown
     from modelport.benchmark.results import BenchResults
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
 
     say = progress or _quiet
+    if not isinstance(source, ConversionResult):
+        from modelport.bundle import is_bundle
+
+        if is_bundle(source):  # a device bundle (folder or .tar.gz): benchmarked in place with its bundled samples
+            from modelport.bundle.bench import bench_bundle
+
+            return bench_bundle(source, out=out, config=config, progress=progress)
     folder = source.out_dir if isinstance(source, ConversionResult) else Path(source)
     manifest = Manifest.read(folder)
     folder = folder if folder.is_dir() else folder.parent
     config = config or BenchConfig()
-    selected = None if profiles is None else {p.name for p in parse_profile_list(profiles)}
+    # "all" here means every artifact in the folder, including profiles left out of convert's "all" (cpu-aoti)
+    selected = None if profiles in (None, "all", ["all"]) else {p.name for p in parse_profile_list(profiles)}
 
     input_names = list(manifest.model.get("input_names") or [t.name for t in manifest.artifacts[0].inputs])
     feeds = _bench_feeds(manifest, folder, config, eval_data, input_names, _opt_path(dataset_root))
@@ -724,6 +750,7 @@ def bench(
     results.write_json(out_dir / "results.json")
     write_csv(results, out_dir / "results.csv")
     write_markdown(results, out_dir / "results.md")
+    write_html(results, out_dir / "report.html")
     return results
 
 

@@ -10,6 +10,7 @@ CONVERTERS: dict[str, str] = {
     "onnxruntime": "modelport.converters.onnxruntime:OnnxRuntimeConverter",
     "openvino": "modelport.converters.openvino:OpenVinoConverter",
     "tensorrt": "modelport.converters.tensorrt:TensorRtConverter",
+    "aoti": "modelport.converters.aoti:AotiConverter",  # from the PyTorch reference, not ONNX (source = PYTORCH)
 }
 
 

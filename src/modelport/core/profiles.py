@@ -68,9 +68,10 @@ def get_profile(name: str) -> DeviceProfile:
 
 
 def parse_profile_list(text: str | list[str] | tuple[str, ...] | None) -> list[DeviceProfile]:
-    """``"legacy-cpu,intel-cpu"`` or a list → profiles; ``None`` or ``"all"`` → every profile."""
+    """``"legacy-cpu,intel-cpu"`` or a list → profiles; ``None`` or ``"all"`` → every profile not marked
+    ``in_all = false`` (slow to build, e.g. AOTInductor's C++ compile): those run only when named."""
     if text is None or text == "all" or text == ["all"]:
-        return list(load_profiles().values())
+        return [p for p in load_profiles().values() if p.options.get("in_all", True)]
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
         raise InputError("No profile given.", fix=f"pass --profiles with some of: {', '.join(load_profiles())}.")

@@ -11,6 +11,7 @@ RUNTIMES: dict[str, str] = {
     "onnxruntime": "modelport.runtimes.onnxruntime:OnnxRuntimeRuntime",
     "openvino": "modelport.runtimes.openvino:OpenVinoRuntime",
     "tensorrt": "modelport.runtimes.tensorrt:TensorRtRuntime",
+    "aoti": "modelport.runtimes.aoti:AotiRuntime",
 }
 
 

@@ -1,0 +1,185 @@
+"""AOTInductor: runs ``model.pt2`` packages (``cpu-aoti``, ``cuda-aoti``) natively, without the model's Python code.
+
+Loading a package ``dlopen``s the compiled library inside it, and PyTorch only warns (after loading) when the
+package was built for another device or CPU. So the sidecar ``model.pt2.json`` is read and compared with this
+machine first (``converters.aoti.check_sidecar``: PyTorch release, device kind, CPU instruction set and features
+or GPU compute capability), the package's sha256 is checked against it, and only then is the package loaded.
+
+Inference goes through the loader's flat entry point (``boxed_run``): numpy → torch (zero-copy on CPU; one
+host→device copy on CUDA), outputs back to numpy. On CUDA, ``synchronize`` waits for the device; the timing loop
+calls it inside the timed region, so no queued kernel escapes the clock. ``threads`` sets ``torch.set_num_threads``
+(the OpenMP pool the compiled CPU kernels use) for the session and restores it on close.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.converters.aoti import (
+    aoti_availability,
+    check_sidecar,
+    current_environment,
+    device_index,
+    device_kind,
+    read_sidecar,
+)
+from modelport.core.files import sha256_file
+from modelport.core.types import Artifact, Format
+from modelport.errors import InferenceInputError, InputError, RuntimeUnavailableError, ValidationError
+from modelport.runtimes.base import Feed, Runtime, Session
+
+_REBUILD = "rebuild the package on this machine with 'modelport convert --profiles cpu-aoti' (or cuda-aoti)"
+
+
+class AotiSession(Session):
+    """One loaded package on one device."""
+
+    def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
+        super().__init__(artifact, device, threads)
+        self.kind = device_kind(device)
+        self._index = device_index(device)
+        self.sidecar: dict[str, Any] = {}
+        self._model: Any = None
+        self._run: Any = None
+        self._names: list[str] = []
+        self._max_batch: int | None = None
+        self._prev_threads: int | None = None
+        self._torch_device = f"cuda:{self._index}" if self.kind == "cuda" else "cpu"
+
+    def _open(self) -> None:
+        path = Path(self.artifact.path)
+        if not path.is_file():
+            raise RuntimeUnavailableError(f"The AOTInductor package {path} does not exist.", fix=_REBUILD + ".")
+        sidecar = read_sidecar(path)  # first: no sidecar, no loading
+        ok, why = aoti_availability(self.device)
+        if not ok:
+            raise RuntimeUnavailableError(f"Cannot run the AOTInductor package {path}: {why}.", fix=_REBUILD + ".")
+        reason = check_sidecar(sidecar, current_environment(self.device))
+        if reason is not None:
+            raise RuntimeUnavailableError(f"Refusing {path}: {reason}.", fix=_REBUILD + ".")
+        want = sidecar.get("package_sha256")
+        if not want or sha256_file(path) != want:
+            raise ValidationError(
+                f"{path} is not the package its sidecar describes (sha256 {'missing' if not want else 'differs'}).",
+                fix=_REBUILD + ".",
+            )
+        if self.artifact.sha256 and self.artifact.sha256 != want:
+            raise ValidationError(
+                f"{path} is not the package the manifest records (sha256 differs).", fix=_REBUILD + "."
+            )
+        if sidecar.get("precision") and sidecar["precision"] != str(self.artifact.precision):
+            raise ValidationError(
+                f"{path} is recorded as {self.artifact.precision} but its sidecar says {sidecar['precision']}.",
+                fix="regenerate the folder with 'modelport convert'.",
+            )
+        self.sidecar = sidecar
+        batch = (sidecar.get("dynamic_shapes") or {}).get("batch") or {}
+        self._max_batch = int(batch["max"]) if isinstance(batch.get("max"), int) else None
+
+        import torch
+
+        if self.threads is not None:
+            self._prev_threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.threads))
+        try:
+            self._model = torch._inductor.aoti_load_package(
+                str(path), device_index=self._index if self.kind == "cuda" else -1
+            )
+        except Exception as exc:
+            self._restore_threads()
+            raise RuntimeUnavailableError(
+                f"PyTorch could not load the AOTInductor package {path}: {type(exc).__name__}: "
+                f"{str(exc).strip()[:300]}",
+                fix=_REBUILD + ".",
+            ) from exc
+        self._run = self._model.loader.boxed_run  # the flat native entry point, without per-call pytree specs
+        self._names = [t.name for t in self.artifact.inputs]
+
+    def _restore_threads(self) -> None:
+        if self._prev_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._prev_threads)
+            self._prev_threads = None
+
+    def _close(self) -> None:
+        if self.kind == "cuda" and self._model is not None:
+            self.synchronize()
+        self._model = None
+        self._run = None
+        self._restore_threads()
+
+    def _infer(self, feed: Feed) -> list[np.ndarray]:
+        import torch
+
+        tensors = []
+        for name in self._names:
+            arr = feed[name]
+            if self._max_batch is not None and arr.ndim and not 1 <= arr.shape[0] <= self._max_batch:
+                raise InferenceInputError(
+                    f"Input '{name}' has batch {arr.shape[0]}; this AOTInductor package was compiled for batches "
+                    f"1 to {self._max_batch}.",
+                    fix=f"split the input into batches of at most {self._max_batch}, or convert again with a larger "
+                    "max_batch in the profile.",
+                )
+            if not arr.flags.writeable or not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr).copy()
+            t = torch.from_numpy(arr)
+            tensors.append(t.to(self._torch_device, non_blocking=False) if self.kind == "cuda" else t)
+        with torch.inference_mode():
+            outs = self._run(tensors)
+        return [o.cpu().numpy() for o in outs]  # .cpu() of a CUDA tensor waits for the kernels that produce it
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (the timing loop calls it before stopping the clock); nothing to do on CPU."""
+        if self.kind == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self._index)
+
+
+class AotiRuntime(Runtime):
+    """Loads AOTInductor ``.pt2`` packages on ``CPU`` or ``cuda``/``cuda:N``."""
+
+    name = "aoti"
+    formats = frozenset({Format.AOTI_PACKAGE})
+
+    def availability(self) -> tuple[bool, str]:
+        ok, why = aoti_availability("CPU")
+        if not ok:
+            return ok, why
+        cuda_ok, cuda_why = aoti_availability("cuda")
+        return True, why + ("" if cuda_ok else f"; CUDA packages cannot run here: {cuda_why}")
+
+    def devices(self) -> list[str]:
+        if not aoti_availability("CPU")[0]:
+            return []
+        import torch
+
+        cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        return ["CPU", *cuda]
+
+    def device_available(self, device: str) -> tuple[bool, str]:
+        ok, why = aoti_availability(device)
+        if not ok:
+            return False, why
+        if device_kind(device) == "cpu" and str(device).strip().upper() != "CPU":
+            return False, f"aoti runs on CPU or cuda[:N], not {device}."
+        return True, ""
+
+    def load(self, artifact: Artifact, device: str = "CPU", threads: int | None = None) -> Session:
+        if artifact.format not in self.formats:
+            raise InputError(
+                f"The aoti runtime cannot load a '{artifact.format}' artifact ({artifact.path}); it loads "
+                f"{Format.AOTI_PACKAGE}.",
+                fix="benchmark the artifact with the runtime of its profile.",
+            )
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive integer or None, got {threads!r}.", fix="pass e.g. --threads 4.")
+        ok, why = self.device_available(device)
+        if not ok:
+            raise RuntimeUnavailableError(why, fix="use device 'CPU', or run on a machine with a CUDA GPU.")
+        return AotiSession(artifact, device, threads)
