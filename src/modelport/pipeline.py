@@ -678,22 +678,14 @@ def bench(
 ) -> "BenchResults":
     """Benchmark every artifact of a ``convert`` output folder in its native runtime.
 
-    Writes ``results.json``, ``results.csv``, ``results.md`` and ``report.html`` to ``out`` (default: the folder
-    itself) and returns the results. Rows that cannot run here say why; nothing is silently dropped.
+    Writes ``results.json``, ``results.csv`` and ``results.md`` to ``out`` (default: the folder itself) and returns
+    the results. Rows that cannot run here say why; nothing is silently dropped.
     """
-    from modelport.benchmark.html_report import write_html
     from modelport.benchmark.report import warnings_for, write_csv, write_markdown
     from modelport.benchmark.results import BenchResults
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
 
     say = progress or _quiet
-    if not isinstance(source, ConversionResult):
-        from modelport.bundle import is_bundle
-
-        if is_bundle(source):  # a device bundle (folder or .tar.gz): benchmarked in place with its bundled samples
-            from modelport.bundle.bench import bench_bundle
-
-            return bench_bundle(source, out=out, config=config, progress=progress)
     folder = source.out_dir if isinstance(source, ConversionResult) else Path(source)
     manifest = Manifest.read(folder)
     folder = folder if folder.is_dir() else folder.parent
@@ -750,7 +742,6 @@ def bench(
     results.write_json(out_dir / "results.json")
     write_csv(results, out_dir / "results.csv")
     write_markdown(results, out_dir / "results.md")
-    write_html(results, out_dir / "report.html")
     return results
 
 
