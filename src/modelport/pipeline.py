@@ -678,9 +678,10 @@ def bench(
 ) -> "BenchResults":
     """Benchmark every artifact of a ``convert`` output folder in its native runtime.
 
-    Writes ``results.json``, ``results.csv`` and ``results.md`` to ``out`` (default: the folder itself) and returns
-    the results. Rows that cannot run here say why; nothing is silently dropped.
+    Writes ``results.json``, ``results.csv``, ``results.md`` and ``report.html`` to ``out`` (default: the folder
+    itself) and returns the results. Rows that cannot run here say why; nothing is silently dropped.
     """
+    from modelport.benchmark.html_report import write_html
     from modelport.benchmark.report import warnings_for, write_csv, write_markdown
     from modelport.benchmark.results import BenchResults
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
@@ -742,6 +743,7 @@ def bench(
     results.write_json(out_dir / "results.json")
     write_csv(results, out_dir / "results.csv")
     write_markdown(results, out_dir / "results.md")
+    write_html(results, out_dir / "report.html")
     return results
 
 

@@ -1,0 +1,272 @@
+"""report.html: written by a real bench run, rendered by headless Chromium (table and plots visible), hostile strings
+escaped, Pareto front and speedups exact, old and new row shapes tolerated."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelport.benchmark.html_report import add_speedups, pareto_front, render_html, row_view, write_html
+from modelport.benchmark.merge import check_results, single
+from modelport.benchmark.results import SCHEMA, BenchResults
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+PLOTS = ("plot-pareto", "plot-speedup", "plot-size", "plot-throughput")
+
+
+def find_chromium() -> str | None:
+    """$MODELPORT_CHROMIUM, else the first Chromium on PATH (Debian's package is 'chromium'; .ci/run installs it)."""
+    explicit = os.environ.get("MODELPORT_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[bytes]:
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("no headless Chromium here (apt-get install chromium, or set MODELPORT_CHROMIUM)")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+           "--no-first-run", f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, timeout=180, check=False)
+
+
+class _Dom(HTMLParser):
+    """What the rendered page contains: result rows (their cells' text), images by section, section ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.images: dict[str, str] = {}
+        self.sections: list[str] = []
+        self._section = ""
+        self._in_row = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self._section = a.get("id") or ""
+            self.sections.append(self._section)
+        elif tag == "tr" and "result-row" in (a.get("class") or ""):
+            self._in_row = True
+            self.rows.append([])
+        elif tag == "td" and self._in_row:
+            self._cell = []
+        elif tag == "img":
+            self.images[self._section] = a.get("src") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr":
+            self._in_row = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(page: str) -> _Dom:
+    dom = _Dom()
+    dom.feed(page)
+    return dom
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.format == "PNG"
+        return np.asarray(img.convert("RGB"))
+
+
+def assert_not_blank(pixels: np.ndarray, min_w: int = 300, min_h: int = 200) -> None:
+    h, w, _ = pixels.shape
+    assert w >= min_w and h >= min_h, (w, h)
+    assert pixels.std() > 20  # real content, not one colour
+    non_white = (pixels < 235).any(axis=2).mean()
+    assert 0.01 < non_white < 0.9, non_white
+
+
+def near(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 12) -> int:
+    return int((np.abs(pixels.astype(int) - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+# ------------------------------------------------------------------------------------------ a real run
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BenchResults]:
+    """simple-mnist trained briefly on digits, converted for ONNX Runtime, OpenVINO and TensorRT (unavailable here),
+    benchmarked at batch 1 and 8 with a short protocol."""
+    from modelport.benchmark.runner import BenchConfig
+    from modelport.benchmark.timing import TimingConfig
+    from modelport.data import load_dataset
+    from modelport.models import build_model
+    from modelport.models.checkpoint import save_state_dict
+    from modelport.pipeline import bench, convert
+    from modelport.training import train
+
+    root = tmp_path_factory.mktemp("html")
+    model = build_model("simple-mnist")
+    train(model, load_dataset("digits"), epochs=1, max_seconds=5, progress=False)
+    save_state_dict(model, root / "m.safetensors")
+    conv = convert(root / "m.safetensors", arch="simple-mnist", out=root / "art", profiles="legacy-cpu,intel-cpu,t4",
+                   precisions="fp32,int8", calibration_size=64)
+    config = BenchConfig(timing=TimingConfig(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.05),
+                         batch_sizes=(1, 8), eval_limit=128)
+    return conv.out_dir, bench(conv.out_dir, config=config)
+
+
+@pytest.mark.slow
+def test_bench_writes_report_that_chromium_renders_with_table_and_plots(
+    bench_run: tuple[Path, BenchResults], tmp_path: Path
+) -> None:
+    folder, results = bench_run
+    page_path = folder / "report.html"
+    assert page_path.is_file() and (folder / "results.json").is_file()
+    page = page_path.read_text(encoding="utf-8")
+    # self-contained: every src/href is a data: URI, nothing to fetch, no script
+    assert not re.search(r'(?:src|href)\s*=\s*"(?!data:)', page)
+    assert "<script" not in page.lower() and "Content-Security-Policy" in page
+
+    shot = tmp_path / "report.png"
+    done = chromium(["--window-size=1400,5200", f"--screenshot={shot}", page_path.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0 and shot.is_file(), done.stderr.decode(errors="replace")[-2000:]
+    dom_run = chromium(["--dump-dom", page_path.as_uri()], tmp_path / "profile")
+    assert dom_run.returncode == 0, dom_run.stderr.decode(errors="replace")[-2000:]
+    dom = parse(dom_run.stdout.decode("utf-8"))
+
+    # the table: one row per result, in order, with the measured numbers
+    assert [r[0] for r in dom.rows] == [r.label for r in results.rows]
+    labels = {r[0]: r for r in dom.rows}
+    assert {"pytorch/fp32 (eager)", "legacy-cpu/fp32", "legacy-cpu/int8", "intel-cpu/fp32", "intel-cpu/int8",
+            "t4/fp32", "t4/int8"} <= set(labels)
+    ok_row = labels["legacy-cpu/int8"]
+    assert ok_row[3] == "ok" and float(ok_row[8]) > 0 and ok_row[16].endswith("×")  # p50, speedup vs fp32
+    assert labels["t4/int8"][3] == "unavailable" and "TensorRT" in labels["t4/int8"][-1]
+    assert labels["intel-cpu/fp32"][16] == "1.00×"  # an fp32 row is its own fp32 baseline
+
+    # four plots, each a PNG with real content
+    assert [s for s in PLOTS if s in dom.images] == list(PLOTS)
+    for section in PLOTS:
+        src = dom.images[section]
+        assert src.startswith("data:image/png;base64,")
+        assert_not_blank(png_pixels(base64.b64decode(src.split(",", 1)[1])))
+    assert "environment" in dom.sections
+
+    # the screenshot shows the plots as Chromium drew them: the size bars' blue and the speedup bars' orange
+    pixels = png_pixels(shot.read_bytes())
+    assert_not_blank(pixels, 1400, 5000)
+    assert near(pixels, (31, 119, 180)) > 2000  # #1f77b4: size bars and ONNX Runtime points
+    assert near(pixels, (255, 127, 14)) > 1000  # #ff7f0e: speedup vs fp32 bars
+    kept = os.environ.get("MODELPORT_KEEP_SCREENSHOT")  # for looking at it by eye
+    if kept:
+        shutil.copy(shot, kept)
+
+
+# ------------------------------------------------------------------------------------------ synthetic rows
+
+
+def _stats(p50: float) -> dict[str, object]:
+    return {"n": 50, "p50": p50, "p90": p50 * 1.1, "p95": p50 * 1.2, "p99": p50 * 1.3, "mean": p50, "std": 0.01,
+            "min": p50 * 0.9, "max": p50 * 1.5, "cv": 0.01, "median_ci95": [p50 * 0.98, p50 * 1.02],
+            "total_seconds": p50 * 0.05}
+
+
+def _row(label: str, runtime: str, precision: str, p50: float | None, acc: float | None, **extra: object) -> dict:
+    profile = None if runtime == "torch" else label.split("/")[0]
+    row = {"label": label, "profile": profile, "runtime": runtime, "device": "CPU", "format": "onnx",
+           "precision": precision, "path": f"/x/{label}", "sha256": label, "size_bytes": 2_000_000,
+           "gzip_bytes": 1_500_000, "status": "ok", "load_ms": 10.0, "first_inference_ms": 2.0,
+           "latency": {} if p50 is None else {"1": _stats(p50), "8": _stats(p50 * 4)},
+           "throughput": {} if p50 is None else {"1": 1000 / p50, "8": 8000 / (p50 * 4)},
+           "accuracy": acc, "accuracy_drop": None, "agreement": None, "memory": {}, "threads": 2, "notes": []}
+    row.update(extra)
+    return row
+
+
+def _results(rows: list[dict], **env: object) -> dict:
+    return {"schema": SCHEMA, "schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
+            "environment": {"cpu": {"model": "Test CPU"}, "packages": {"torch": "2.14.1"}, **env},
+            "source": {"model": {"arch": "simple-mnist"}}, "config": {"batch_sizes": [1, 8]}, "rows": rows}
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    points = [(1.0, 90.0), (2.0, 95.0), (1.5, 89.0), (3.0, 95.0), (0.5, 80.0), (2.0, 96.0)]
+    # (1.5, 89) is beaten by (1, 90); (2, 95) by (2, 96); (3, 95) by (2, 96)
+    assert pareto_front(points) == [4, 0, 5]
+    assert pareto_front([(1.0, 90.0), (1.0, 90.0)]) == [0, 1]  # ties dominate nothing
+    assert pareto_front([]) == []
+
+
+def test_speedups_against_eager_and_fp32_of_same_profile() -> None:
+    rows = [_row("pytorch/fp32 (eager)", "torch", "fp32", 4.0, 0.9), _row("p/fp32", "onnxruntime", "fp32", 2.0, 0.9),
+            _row("p/int8", "onnxruntime", "int8", 0.5, 0.89), _row("q/int8", "openvino", "int8", 1.0, 0.88)]
+    views = [row_view("m", r) for r in rows]
+    add_speedups(views)
+    assert [v.speedup_eager for v in views] == [1.0, 2.0, 8.0, 4.0]
+    assert [v.speedup_fp32 for v in views] == [None, 1.0, 4.0, None]  # q has no fp32 sibling
+
+
+def test_hostile_strings_are_escaped_and_bad_numbers_show_na() -> None:
+    evil = '<script>alert("x")</script>'
+    rows = [
+        _row(f"p/{evil}", "onnxruntime", "fp32", 1.0, 0.9, notes=[evil, "$\\frac{1}{0}$ $unbalanced"]),
+        _row("p/int8", "onnxruntime", "int8", 0.5, 0.8, status=f"failed: {evil}", accuracy="<b>0.9</b>",
+             load_ms=float("nan"), size_bytes="big", latency={"1": {"p50": "fast"}, "x": _stats(1.0)}),
+        {"label": '"><img src=x onerror=alert(1)>', "runtime": evil, "device": "CPU", "format": "onnx",
+         "precision": "$x$", "status": "ok"},
+    ]
+    data = _results(rows, cpu={"model": evil}, git={"commit": evil})
+    page = render_html(single_from_dict(data))
+    assert "<script" not in page.lower() and "<img src=x" not in page and "onerror=alert(1)>" not in page
+    assert page.count("&lt;script&gt;") >= 5  # label, notes, status reason, runtime, environment
+    dom = parse(page)
+    assert len(dom.rows) == 3
+    bad = dom.rows[1]
+    assert bad[3] == "failed" and bad[4] == "n/a" and bad[6] == "n/a" and bad[12] == "n/a" and bad[8] == "n/a"
+    assert dom.rows[2][0] == '"><img src=x onerror=alert(1)>'  # shown as text, intact
+    assert all(src.startswith("data:image/png;base64,") for src in dom.images.values())
+
+
+def single_from_dict(data: dict):
+    from modelport.benchmark.merge import Comparison, MachineRun
+
+    return Comparison([MachineRun("m", "", check_results(data, "test"))])
+
+
+def test_old_and_new_row_shapes_render(tmp_path: Path) -> None:
+    """A minimal row (older runner) and one with fields this reader does not know (newer runner) both render."""
+    minimal = {"label": "legacy-cpu/fp32", "runtime": "onnxruntime", "device": "CPU", "format": "onnx",
+               "precision": "fp32", "status": "ok", "latency": {"1": _stats(1.0)}}
+    newer = _row("intel-cpu/int8", "openvino", "int8", 0.5, 0.9, energy={"joules_per_inference": 0.0123},
+                 memory={"rss_peak_mb": 321.5, "subprocess_peak_mb": 400.25}, async_throughput={"8": {"streams": 2}},
+                 cold_start={"compile_ms": 5.0})
+    no_counters = _row("intel-cpu/fp32", "openvino", "fp32", 1.0, 0.91, energy="n/a (no counters)")
+    path = write_html(single_from_dict(_results([minimal, newer, no_counters])), tmp_path / "r.html")
+    dom = parse(path.read_text(encoding="utf-8"))
+    first, second, third = dom.rows
+    assert first[8] == "1.000" and first[12] == "n/a" and first[18] == "n/a"  # p50; accuracy and energy missing
+    assert second[18] == "0.0123" and second[17] == "400.2"  # energy J/inference; the largest peak RSS
+    assert third[18] == "n/a (no counters)"
+    assert second[16] == "2.00×"  # vs intel-cpu/fp32 at batch 1
+
+
+def test_bench_results_object_renders_like_its_json(tmp_path: Path) -> None:
+    data = _results([_row("p/fp32", "onnxruntime", "fp32", 1.0, 0.9)])
+    results = BenchResults.from_dict(json.loads(json.dumps(data)))
+    assert parse(render_html(results)).rows == parse(render_html(single(results))).rows
+    assert len(parse(render_html(results)).rows) == 1
