@@ -206,7 +206,8 @@ class Recipe:
                 outcome = step.apply(current, data)
             except ModelportError as exc:
                 raise type(exc)(
-                    f"Recipe '{self.name}', step {i} of {total} ({step.name}): {exc.message}", fix=exc.fix
+                    f"Recipe '{self.name}', step {i} of {total} ({step.name}): {_unprefixed(exc.message, step.name)}",
+                    fix=exc.fix,
                 ) from exc
             seconds = (time.perf_counter_ns() - start) / 1e9
             current = outcome.model
@@ -236,6 +237,14 @@ def _differs_from_default(step: CompressionStep, name: str, value: Any) -> bool:
     return True
 
 
+def _unprefixed(message: str, step: str) -> str:
+    """Drop a step's own "Compression step 'x'" prefix: the recipe's prefix already names the step."""
+    for head in (f"Compression step '{step}': ", f"Compression step '{step}' "):
+        if message.startswith(head):
+            return message[len(head):]
+    return message
+
+
 def _build_step(recipe: str, index: int, table: Any) -> CompressionStep:
     """One ``[[step]]`` table → a checked step; every error names the recipe, the step index and the method."""
     from modelport.compression import STEPS, get_step
@@ -256,7 +265,7 @@ def _build_step(recipe: str, index: int, table: Any) -> CompressionStep:
     try:
         return get_step(method, params)
     except ModelportError as exc:
-        raise type(exc)(f"{where} ({method}): {exc.message}", fix=exc.fix) from exc
+        raise type(exc)(f"{where} ({method}): {_unprefixed(exc.message, method)}", fix=exc.fix) from exc
     except (TypeError, ValueError, ArithmeticError) as exc:  # a step's own check tripping on an odd value
         raise InputError(
             f"{where} ({method}): invalid parameters {params!r}: {type(exc).__name__}: {exc}.",
