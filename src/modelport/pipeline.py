@@ -687,6 +687,13 @@ def bench(
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
 
     say = progress or _quiet
+    if not isinstance(source, ConversionResult):
+        from modelport.bundle import is_bundle
+
+        if is_bundle(source):  # a device bundle (folder or .tar.gz): benchmarked in place with its bundled samples
+            from modelport.bundle.bench import bench_bundle
+
+            return bench_bundle(source, out=out, config=config, progress=progress)
     folder = source.out_dir if isinstance(source, ConversionResult) else Path(source)
     manifest = Manifest.read(folder)
     folder = folder if folder.is_dir() else folder.parent

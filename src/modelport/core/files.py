@@ -7,6 +7,7 @@ temporary file in the same folder, is fsynced, then renamed over the target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from modelport.errors import ModelportError
+
 _CHUNK = 1 << 20
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # disk full, quota, file size limit
+
+
+class DiskFullError(ModelportError):
+    """A write ran out of room (disk full, quota, file size limit); the previous file is untouched."""
 
 
 def sha256_file(path: Path) -> str:
@@ -43,16 +51,25 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise DiskFullError(
+                f"Could not write {target}: {exc.strerror or exc}. Nothing was replaced: the previous "
+                f"{target.name} (if any) is intact.",
+                fix="free disk space (or raise the quota / file size limit) and run again.",
+            ) from exc
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 

@@ -1,0 +1,218 @@
+"""``modelport verify``: is this bundle intact, and does it run correctly on this device?
+
+Checks in order, stopping at the first that makes the rest meaningless: the archive unpacks safely, the manifest
+parses (known schema), every file's size and sha256 match (a mismatch names the file), the profile's runtime and
+device exist here (for TensorRT: the engine's sidecar matches this GPU and TensorRT version before the engine is
+touched), and a smoke inference of every artifact on the bundled samples agrees with the bundled reference
+outputs under the same rules ``convert`` used (``modelport.agreement.judge``).
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.bundle.manifest import BUNDLE_MANIFEST, BundleManifest
+from modelport.core.files import sha256_file
+from modelport.core.types import Artifact, Format
+from modelport.errors import ModelportError
+
+
+@dataclass
+class Check:
+    """One line of the report: ``ok`` True (passed), False (failed) or None (skipped, with the reason)."""
+
+    name: str
+    ok: bool | None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    bundle: str
+    profile: str | None = None
+    device: str | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok is not False for c in self.checks) and any(
+            c.ok for c in self.checks if c.name.startswith("smoke")
+        )
+
+    def add(self, name: str, ok: bool | None, detail: str = "") -> Check:
+        check = Check(name, ok, detail)
+        self.checks.append(check)
+        return check
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.ok is False]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "profile": self.profile, "device": self.device, "ok": self.ok,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def file_problems(manifest: BundleManifest) -> list[str]:
+    """Every hashed file that is missing, not a plain file, or whose size or sha256 differs, by name."""
+    problems = []
+    root = manifest.folder.resolve()
+    for entry in manifest.files:
+        path = manifest.folder / entry.path
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            problems.append(f"{entry.path}: missing")
+            continue
+        if not stat.S_ISREG(st.st_mode) or not path.resolve().is_relative_to(root):
+            problems.append(f"{entry.path}: not a plain file inside the bundle")
+        elif st.st_size != entry.size:
+            problems.append(f"{entry.path}: size {st.st_size} bytes, the manifest says {entry.size}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.path}: sha256 mismatch (expected {entry.sha256[:12]}…, got {sha256_file(path)[:12]}…)")
+    return problems
+
+
+def unlisted_files(manifest: BundleManifest) -> list[str]:
+    listed = {e.path for e in manifest.files} | {BUNDLE_MANIFEST, "results.json", "results.csv", "results.md"}
+    return sorted(
+        p.relative_to(manifest.folder).as_posix()
+        for p in manifest.folder.rglob("*")
+        if not p.is_dir() and p.relative_to(manifest.folder).as_posix() not in listed
+    )
+
+
+def runtime_check(manifest: BundleManifest, device: str) -> tuple[bool, str]:
+    """Whether the profile's runtime and ``device`` exist here; for TensorRT also the sidecar rule."""
+    from modelport.runtimes import get_runtime
+
+    runtime = get_runtime(manifest.profile["runtime"])
+    for art in manifest.artifacts:
+        if art.format is Format.TENSORRT_ENGINE:
+            why = _sidecar_problem(manifest, art)
+            if why:
+                return False, why
+    ok, why = runtime.device_available(device)
+    if not ok:
+        return False, why
+    _, version = runtime.availability()
+    return True, f"{runtime.name} {version} sees {device}"
+
+
+def _sidecar_problem(manifest: BundleManifest, art: Artifact) -> str | None:
+    """TensorRT engines only run on the GPU model and TensorRT version that built them: check before loading."""
+    from modelport.converters.tensorrt import current_environment, sidecar_path, tensorrt_availability
+    from modelport.runtimes.tensorrt import check_sidecar, read_sidecar
+
+    side = sidecar_path(art.path)
+    rel = side.relative_to(manifest.folder).as_posix()
+    if manifest.file(rel) is None:
+        return f"the engine {art.path.name} has no hashed sidecar {rel} in the bundle, so nothing says which GPU built it"
+    try:
+        sidecar = read_sidecar(art.path)
+    except ModelportError as exc:
+        return exc.message
+    ok, why = tensorrt_availability()
+    if not ok:
+        return f"TensorRT is not usable here ({why}); the engine was built for {sidecar.get('gpu_name')} / TensorRT {sidecar.get('tensorrt_version')}"
+    return check_sidecar(sidecar, current_environment(0))
+
+
+def load_bundle_samples(manifest: BundleManifest) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(Feeds of the bundled inputs, reference outputs, labels) from ``samples.npz``; no pickles."""
+    from modelport.pipeline import load_samples
+
+    path = manifest.folder / str(manifest.samples.get("path") or "samples.npz")
+    feeds, reference = load_samples(path, batch_size=64)
+    if reference is None:
+        from modelport.errors import ManifestError
+
+        raise ManifestError(f"{path} holds no reference outputs.", fix="pack the bundle again.")
+    labels = None if feeds.labels is None else np.concatenate([np.asarray(x).reshape(-1) for x in feeds.labels])
+    return feeds, reference, labels
+
+
+def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, reference: np.ndarray,
+          labels: np.ndarray | None, threads: int | None = None) -> tuple[bool, str]:
+    """Run the bundled samples through ``art`` and judge the outputs like ``convert`` did."""
+    from modelport.agreement import judge
+    from modelport.evaluation import evaluate
+    from modelport.runtimes import get_runtime
+
+    runtime = get_runtime(manifest.profile["runtime"])
+    feeds = feeds.renamed([s.name for s in art.inputs])
+    with runtime.load(art, device=device, threads=threads) as session:
+        result = evaluate(session, feeds, [reference])
+    drop = None
+    if result.accuracy is not None and labels is not None:
+        ref_acc = float(np.mean(reference.argmax(1) == labels)) if reference.ndim == 2 else None
+        drop = None if ref_acc is None else ref_acc - result.accuracy
+    agreement = result.agreement
+    verdict = judge(art.precision, agreement, drop)
+    figures = f"max abs diff {agreement.max_abs_diff:.3g}, cosine {agreement.cosine:.6f}"
+    if agreement.top1_agreement is not None:
+        figures += f", top-1 agreement {agreement.top1_agreement:.3f}"
+    if result.accuracy is not None:
+        figures += f", accuracy {result.accuracy * 100:.2f}% on {agreement.n} samples"
+    if verdict:
+        return False, f"{verdict} ({figures})"
+    return True, figures
+
+
+def verify(bundle: str | Path, *, device: str | None = None, threads: int | None = None) -> VerifyReport:
+    """Check ``bundle`` (folder or ``.tar.gz``) on this machine; never raises for a bad bundle (see the report)."""
+    from modelport.bundle import opened_bundle
+
+    report = VerifyReport(bundle=str(bundle))
+    try:
+        with opened_bundle(bundle) as folder:
+            if not Path(bundle).is_dir():
+                report.add("archive", True, "unpacked safely (no links, devices, absolute or '..' paths)")
+            _verify_folder(folder, report, device, threads)
+    except ModelportError as exc:
+        report.add("archive" if not Path(bundle).is_dir() else "bundle", False, str(exc))
+    return report
+
+
+def _verify_folder(folder: Path, report: VerifyReport, device: str | None, threads: int | None) -> None:
+    try:
+        manifest = BundleManifest.read(folder)
+    except ModelportError as exc:
+        report.add("schema", False, str(exc))
+        return
+    report.profile = manifest.profile_name
+    report.add("schema", True, f"modelport.bundle v1, profile {manifest.profile_name}, {len(manifest.artifacts)} artifact(s)")
+    problems = file_problems(manifest)
+    if problems:
+        report.add("hashes", False, "; ".join(problems))
+        return
+    extra = unlisted_files(manifest)
+    note = f"; not in the manifest (ignored): {', '.join(extra[:5])}" if extra else ""
+    report.add("hashes", True, f"{len(manifest.files)} files match their sha256 and size{note}")
+    device = device or manifest.profile["device"]
+    report.device = device
+    ok, why = runtime_check(manifest, device)
+    report.add("runtime", ok, why)
+    if not ok:
+        return
+    try:
+        feeds, reference, labels = load_bundle_samples(manifest)
+    except ModelportError as exc:
+        report.add("samples", False, str(exc))
+        return
+    for art in manifest.artifacts:
+        name = f"smoke {manifest.profile_name}/{art.precision}"
+        try:
+            ok, detail = smoke(art, manifest, device, feeds, reference, labels, threads)
+        except ModelportError as exc:
+            ok, detail = False, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a runtime's own error on a bad artifact is a failed check
+            ok, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        report.add(name, ok, detail)
