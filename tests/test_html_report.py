@@ -32,13 +32,27 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[bytes]:
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory):
+    """A runner for headless Chromium; skips (with the reason) when there is none or it cannot render a blank page.
+    Checked before the slow bench fixture so a machine without Chromium skips at once."""
     exe = find_chromium()
     if exe is None:
         pytest.skip("no headless Chromium here (apt-get install chromium, or set MODELPORT_CHROMIUM)")
+    profile = tmp_path_factory.mktemp("chromium-profile")
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           "--no-first-run", f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, timeout=180, check=False)
+           "--no-first-run", f"--user-data-dir={profile}"]
+    try:
+        probe = subprocess.run([*cmd, "--dump-dom", "about:blank"], capture_output=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"{exe} does not start: {exc}")
+    if probe.returncode != 0 or b"<body" not in probe.stdout:
+        pytest.skip(f"{exe} cannot render a blank page here: {probe.stderr.decode(errors='replace')[-300:]}")
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*cmd, *args], capture_output=True, timeout=180, check=False)
+
+    return run
 
 
 class _Dom(HTMLParser):
@@ -132,7 +146,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BenchResu
 
 @pytest.mark.slow
 def test_bench_writes_report_that_chromium_renders_with_table_and_plots(
-    bench_run: tuple[Path, BenchResults], tmp_path: Path
+    chromium, bench_run: tuple[Path, BenchResults], tmp_path: Path
 ) -> None:
     folder, results = bench_run
     page_path = folder / "report.html"
@@ -143,9 +157,9 @@ def test_bench_writes_report_that_chromium_renders_with_table_and_plots(
     assert "<script" not in page.lower() and "Content-Security-Policy" in page
 
     shot = tmp_path / "report.png"
-    done = chromium(["--window-size=1400,5200", f"--screenshot={shot}", page_path.as_uri()], tmp_path / "profile")
+    done = chromium("--window-size=1400,5200", f"--screenshot={shot}", page_path.as_uri())
     assert done.returncode == 0 and shot.is_file(), done.stderr.decode(errors="replace")[-2000:]
-    dom_run = chromium(["--dump-dom", page_path.as_uri()], tmp_path / "profile")
+    dom_run = chromium("--dump-dom", page_path.as_uri())
     assert dom_run.returncode == 0, dom_run.stderr.decode(errors="replace")[-2000:]
     dom = parse(dom_run.stdout.decode("utf-8"))
 
