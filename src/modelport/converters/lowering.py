@@ -30,9 +30,11 @@ JSON-able so the manifest can record it::
       }
     }
 
-``ignored_scope`` names and patterns (regular expressions, full match) are node names of the ONNX export (OpenVINO
-keeps them as operation names); types are the backend's operation types (ONNX ``Gemm``/``Conv`` for ONNX Runtime,
-OpenVINO ``MatMul``/``Convolution`` for OpenVINO).
+``ignored_scope`` names, patterns (regular expressions, full match) and types are those of the model the backend
+quantizes: ONNX node names and types (``node_linear_1``, ``Gemm``) for ONNX Runtime; OpenVINO operation names and
+types for OpenVINO, which are the ONNX node names with suffixes (``node_linear_1/WithoutBiases``, ``MatMul``), so a
+pattern such as ``node_linear_1.*`` selects the same layer on both. A name or pattern that matches nothing is an
+error, not a silent no-op.
 
 One key is added by the pipeline, never by a step, and is not JSON: ``"validation_feeds"``, the labelled
 evaluation ``Feeds`` that accuracy-controlled quantization measures top-1 accuracy on.
@@ -48,10 +50,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.core.types import Precision
 from modelport.errors import ConversionError
+
+if TYPE_CHECKING:
+    from modelport.data.feeds import Feeds
 
 COMMON_KEYS = frozenset({"ignored_scope", "subset_size"})
 OPENVINO_KEYS = frozenset(
@@ -83,6 +88,7 @@ class LoweringPlan:
 
     step: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    not_applicable: dict[str, Any] = field(default_factory=dict)  # settings for the other runtime
     notes: list[str] = field(default_factory=list)
     validation_feeds: Any = None  # Feeds with labels, for accuracy control
 
@@ -127,8 +133,7 @@ def plan_lowering(
         )
         return plan
     skipped = sorted(k for k in settings if k not in applicable)
-    for k in skipped:
-        settings.pop(k)
+    plan.not_applicable = {k: settings.pop(k) for k in skipped}
     if skipped:
         plan.notes.append(f"not applicable to {runtime}, ignored: {', '.join(skipped)}")
     plan.settings = settings
@@ -174,6 +179,23 @@ def ignored_node_names(names_and_types: list[tuple[str, str]], scope: Mapping[st
     return sorted(out)
 
 
+def take_samples(feeds: "Feeds", n: int) -> "Feeds":
+    """The first ``n`` samples of ``feeds`` (the last batch cut short), for ``subset_size``."""
+    from modelport.data.feeds import Feeds
+
+    out, labels, seen = [], [], 0
+    for i, batch in enumerate(feeds.batches):
+        if seen >= n:
+            break
+        size = len(next(iter(batch.values())))
+        keep = min(size, n - seen)
+        out.append({k: v[:keep] for k, v in batch.items()})
+        if feeds.labels is not None:
+            labels.append(feeds.labels[i][:keep])
+        seen += keep
+    return Feeds(batches=tuple(out), labels=tuple(labels) if feeds.labels is not None else None)
+
+
 def quantized_ops(path: Path) -> dict[str, int]:
     """Counts of quantization operators in the ONNX file (empty when the model is not quantized)."""
     import onnx
@@ -214,4 +236,5 @@ __all__ = [
     "plan_lowering",
     "quantized_ops",
     "refuse_requantize",
+    "take_samples",
 ]

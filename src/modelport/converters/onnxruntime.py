@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from modelport.converters.base import Converter
+from modelport.converters.lowering import (
+    COMMON_KEYS,
+    ONNXRUNTIME_KEYS,
+    QUANTIZED_OPS,
+    LoweringPlan,
+    ignored_node_names,
+    plan_lowering,
+    quantized_ops,
+    refuse_requantize,
+    take_samples,
+)
 from modelport.converters.onnx import (
     check_onnx,
     conform_feeds,
@@ -57,6 +69,14 @@ class OnnxRuntimeConverter(Converter):
                 f"The ONNX Runtime converter takes an ONNX model, not {artifact.format}.",
                 fix="export the model to ONNX first.",
             )
+        plan = plan_lowering(options, precision, "onnxruntime", COMMON_KEYS | ONNXRUNTIME_KEYS)
+        if "max_drop" in plan.not_applicable:
+            raise ConversionError(
+                f"Step '{plan.step or 'quantize-accuracy'}' (accuracy-controlled quantization) is OpenVINO-only in "
+                "modelport: it needs NNCF's accuracy restorer on the OpenVINO model.",
+                fix="use an OpenVINO profile (e.g. intel-cpu) for quantize-accuracy, or the plain 'quantize' step "
+                "for ONNX Runtime profiles.",
+            )
         if precision is Precision.FP16:
             raise ConversionError(
                 "FP16 is not offered for ONNX Runtime on CPU: its CPU provider has no FP16 kernels for most operators, "
@@ -75,7 +95,14 @@ class OnnxRuntimeConverter(Converter):
                 f"Converting {artifact.path} into {out_dir} would overwrite the source model.",
                 fix="give an output folder other than the source model's folder.",
             )
-        if precision is Precision.INT8 and (calibration is None or len(calibration) == 0):
+        prequantized = quantized_ops(Path(artifact.path))
+        if prequantized:
+            refuse_requantize(prequantized, precision, plan, "ONNX Runtime")
+        dynamic = plan.settings.get("mode") == "dynamic"
+        if (
+            precision is Precision.INT8 and not prequantized and not dynamic
+            and (calibration is None or len(calibration) == 0)
+        ):
             raise ConversionError(
                 "INT8 quantisation for ONNX Runtime needs calibration data and none was given.",
                 fix="pass calibration feeds (for example 'modelport convert --calibration-samples 200' or "
@@ -93,8 +120,16 @@ class OnnxRuntimeConverter(Converter):
                 if precision is Precision.FP32:
                     _optimise(source, tmp)
                     details["optimization"] = "extended"
+                elif precision is Precision.INT8 and prequantized:
+                    # QAT export: the QuantizeLinear/DequantizeLinear pairs carry the scales; ORT fuses them at load
+                    _optimise(source, tmp)
+                    details.update({
+                        "quantizer": "none: the ONNX model is quantized already",
+                        "source_quantization": prequantized,
+                        "optimization": "extended",
+                    })
                 elif precision is Precision.INT8:
-                    details.update(_quantise(source, tmp, work, artifact, profile, cast(Feeds, calibration)))
+                    details.update(_quantise(source, tmp, work, artifact, profile, calibration, plan))
                 else:  # pragma: no cover - Precision has three members
                     raise ConversionError(f"Unknown precision {precision}.")
                 # the file must pass the checker and load in ONNX Runtime before it replaces anything
@@ -107,6 +142,13 @@ class OnnxRuntimeConverter(Converter):
                         fix="report this with the model; try another int8_format or fp32.",
                     ) from exc
 
+        if precision is Precision.INT8:
+            details["quantized_ops"] = {
+                op: n for op, n in sorted(Counter(node.op_type for node in proto.graph.node).items())
+                if op in QUANTIZED_OPS or op.startswith("QLinear") or op.endswith("Integer")
+            }
+        if plan.record():
+            details["lowering"] = plan.record()
         inputs, outputs = read_specs(proto)
         return Artifact(
             path=target,
@@ -150,29 +192,34 @@ def _optimise(source: Path, dest: Path) -> None:
 
 
 def _quantise(
-    source: Path, dest: Path, work: Path, artifact: Artifact, profile: DeviceProfile, calibration: Feeds
+    source: Path, dest: Path, work: Path, artifact: Artifact, profile: DeviceProfile, calibration: Feeds | None,
+    plan: LoweringPlan,
 ) -> dict[str, Any]:
-    """Static INT8 quantisation (pre-processing, then ``quantize_static``) with calibration from ``calibration``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """INT8 with ``onnxruntime.quantization``: pre-processing, then ``quantize_static`` (calibrated from
+    ``calibration``) or ``quantize_dynamic``; the step's settings first, then the profile's ``int8_*`` keys."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    fmt = str(profile.options.get("int8_format", "qdq")).lower()
+    s = plan.settings
+    mode = str(s.get("mode", "static"))
+    fmt = str(s.get("quant_format") or profile.options.get("int8_format", "qdq")).lower()
     if fmt not in INT8_FORMATS:
         raise InputError(
             f"Profile '{profile.name}' asks for int8_format '{fmt}'. Available: {', '.join(INT8_FORMATS)}.",
             fix="set int8_format to 'qdq' or 'qoperator' in the profile.",
         )
-    method = str(profile.options.get("int8_calibration", "minmax")).lower()
+    method = str(s.get("calibrate_method") or profile.options.get("int8_calibration", "minmax")).lower()
     if method not in CALIBRATION_METHODS:
         raise InputError(
             f"Profile '{profile.name}' asks for int8_calibration '{method}'. "
             f"Available: {', '.join(CALIBRATION_METHODS)}.",
             fix="set int8_calibration to one of the listed methods.",
         )
-    reduce_range = bool(profile.options.get("int8_reduce_range", False))
-    feeds = conform_feeds(calibration, artifact.inputs)
-    if profile.static_batch:
-        feeds = rebatch(feeds, profile.static_batch)
+    reduce_range = bool(s.get("reduce_range", profile.options.get("int8_reduce_range", False)))
+    per_channel = bool(s.get("per_channel", True))
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    activation = str(s.get("activation_type", "uint8"))
+    weight = str(s.get("weight_type", "int8"))
 
     prepared = work / "prepared.onnx"
     pre_process = "optimised + symbolic shape inference"
@@ -187,16 +234,56 @@ def _quantise(
                 fix="simplify the model or choose fp32.",
             ) from exc
         pre_process = "optimised, without symbolic shape inference"
+    exclude: list[str] = []
+    if s.get("ignored_scope"):
+        import onnx
+
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        exclude = ignored_node_names([(n.name, n.op_type) for n in graph.node], s["ignored_scope"])
+    record: dict[str, Any] = {
+        "quantizer": f"onnxruntime.quantization.quantize_{mode}",
+        "mode": mode,
+        "reduce_range": reduce_range,
+        "per_channel": per_channel,
+        "weight_type": weight,
+        "nodes_excluded": exclude,
+        "pre_process": pre_process,
+    }
+    if mode == "dynamic":
+        try:
+            quantize_dynamic(
+                str(prepared), str(dest), per_channel=per_channel, reduce_range=reduce_range,
+                weight_type=types[weight], nodes_to_exclude=exclude or None,
+            )
+        except Exception as exc:
+            raise ConversionError(
+                f"ONNX Runtime dynamic INT8 quantisation failed: {exc}",
+                fix="use mode = 'static' (dynamic quantisation suits MatMul/LSTM/attention models).",
+            ) from exc
+        if not quantized_ops(dest):
+            raise ConversionError(
+                "ONNX Runtime dynamic quantisation found nothing to quantise in this model (it takes Conv, MatMul, "
+                "Attention and LSTM; Gemm layers stay FP32).",
+                fix="use mode = 'static' for this model.",
+            )
+        return {**record, "format": "qoperator (integer ops)", "activation_type": "uint8 (computed at run time)"}
+
+    feeds = conform_feeds(cast(Feeds, calibration), artifact.inputs)
+    if profile.static_batch:
+        feeds = rebatch(feeds, profile.static_batch)
+    if s.get("subset_size"):
+        feeds = take_samples(feeds, int(s["subset_size"]))
     try:
         quantize_static(
             str(prepared),
             str(dest),
             feeds.ort_reader(),
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=per_channel,
             reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=types[activation],
+            weight_type=types[weight],
+            nodes_to_exclude=exclude or None,
             calibrate_method={
                 "minmax": CalibrationMethod.MinMax,
                 "entropy": CalibrationMethod.Entropy,
@@ -211,16 +298,12 @@ def _quantise(
             fix="check the calibration data matches the model's inputs, or try another int8_format.",
         ) from exc
     return {
-        "quantizer": "onnxruntime.quantization.quantize_static",
+        **record,
         "format": fmt,
-        "reduce_range": reduce_range,
-        "per_channel": True,
-        "activation_type": "QUInt8",
-        "weight_type": "QInt8",
+        "activation_type": activation,
         "calibration_method": method,
         "calibration_samples": feeds.num_samples,
         "calibration_batches": len(feeds),
-        "pre_process": pre_process,
     }
 
 

@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelport.converters.base import Converter
+from modelport.converters.lowering import (
+    COMMON_KEYS,
+    OPENVINO_KEYS,
+    LoweringPlan,
+    plan_lowering,
+    quantized_ops,
+    refuse_requantize,
+    take_samples,
+)
 from modelport.converters.onnx import BATCH, conform_feeds, rebatch, temp_dir_in, tool_versions
 from modelport.core.files import sha256_files, total_size
 from modelport.core.profiles import DeviceProfile
@@ -57,7 +66,17 @@ class OpenVinoConverter(Converter):
         ok, why = self.availability()
         if not ok:
             raise RuntimeUnavailableError(why)
-        if precision is Precision.INT8 and (calibration is None or len(calibration) == 0):
+        plan = plan_lowering(options, precision, "openvino", COMMON_KEYS | OPENVINO_KEYS)
+        if plan.not_applicable.get("mode") == "dynamic":
+            raise ConversionError(
+                f"Step '{plan.step or 'quantize'}' asks for dynamic quantization, which only ONNX Runtime offers; "
+                "OpenVINO INT8 is static (NNCF calibrates activation ranges ahead of time).",
+                fix="use mode = 'static' (or leave mode out) for OpenVINO profiles.",
+            )
+        prequantized = quantized_ops(Path(artifact.path))
+        if prequantized:
+            refuse_requantize(prequantized, precision, plan, "OpenVINO")
+        if precision is Precision.INT8 and not prequantized and (calibration is None or len(calibration) == 0):
             raise ConversionError(
                 "INT8 quantisation with NNCF needs calibration data and none was given.",
                 fix="pass calibration feeds (for example 'modelport convert --calibration-samples 200' or "
@@ -76,14 +95,21 @@ class OpenVinoConverter(Converter):
             _reshape_static(model, profile.static_batch)
 
         details: dict[str, Any] = {"static_batch": profile.static_batch}
-        if precision is Precision.INT8:
+        if precision is Precision.INT8 and prequantized:
+            # QAT export: OpenVINO turns the QuantizeLinear/DequantizeLinear pairs into FakeQuantize; no NNCF pass
+            details.update({"quantizer": "none: the ONNX model is quantized already", "source_quantization": prequantized})
+        elif precision is Precision.INT8:
             feeds = conform_feeds(calibration or Feeds(batches=()), artifact.inputs)
             if profile.static_batch:
                 feeds = rebatch(feeds, profile.static_batch)
-            model, info = _quantise(model, feeds, profile)
+            model, info = _quantise(model, feeds, profile, plan, artifact.inputs)
             details.update(info)
+        if precision is Precision.INT8:
+            details["fp32_operations"] = float_operations(model)
         compress = precision is Precision.FP16
         details["compress_to_fp16"] = compress
+        if plan.record():
+            details["lowering"] = plan.record()
 
         out_dir = Path(out_dir)
         with temp_dir_in(out_dir, ".ov-convert-") as work:
@@ -151,11 +177,18 @@ def _reshape_static(model: "ov.Model", batch: int) -> None:
         )
 
 
-def _quantise(model: "ov.Model", feeds: Feeds, profile: DeviceProfile) -> tuple["ov.Model", dict[str, Any]]:
-    """NNCF post-training quantisation; PERFORMANCE (symmetric) unless the profile asks for ``mixed``."""
+def _quantise(
+    model: "ov.Model", feeds: Feeds, profile: DeviceProfile, plan: LoweringPlan, inputs: tuple[TensorSpec, ...]
+) -> tuple["ov.Model", dict[str, Any]]:
+    """NNCF post-training quantisation of the OpenVINO model with the step's settings, else the profile's.
+
+    PERFORMANCE (symmetric) preset unless asked for ``mixed``; with ``max_drop`` set, NNCF's accuracy control
+    reverts the layers that cost most accuracy to FP32 until the top-1 drop on the validation feeds is met.
+    """
     import nncf
 
-    preset_name = str(profile.options.get("int8_preset", "performance")).lower()
+    s = plan.settings
+    preset_name = str(s.get("preset") or profile.options.get("int8_preset", "performance")).lower()
     if preset_name not in INT8_PRESETS:
         raise InputError(
             f"Profile '{profile.name}' asks for int8_preset '{preset_name}'. Available: {', '.join(INT8_PRESETS)}.",
@@ -165,28 +198,147 @@ def _quantise(model: "ov.Model", feeds: Feeds, profile: DeviceProfile) -> tuple[
     target = {"CPU": nncf.TargetDevice.CPU, "GPU": nncf.TargetDevice.GPU, "NPU": nncf.TargetDevice.NPU}.get(
         profile.device.upper(), nncf.TargetDevice.ANY
     )
-    try:
-        quantized = nncf.quantize(
-            model,
-            feeds.nncf_dataset(),
-            preset=preset,
-            target_device=target,
-            subset_size=len(feeds),
-            fast_bias_correction=True,
+    if s.get("subset_size"):
+        feeds = take_samples(feeds, int(s["subset_size"]))
+    fast_bias = bool(s.get("fast_bias_correction", True))
+    model_type = nncf.ModelType.TRANSFORMER if s.get("model_type") == "transformer" else None
+    scope = s.get("ignored_scope") or None
+    kwargs: dict[str, Any] = {
+        "preset": preset,
+        "target_device": target,
+        "subset_size": len(feeds),
+        "fast_bias_correction": fast_bias,
+        "model_type": model_type,
+    }
+    if scope:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(
+            names=list(scope.get("names", ())), patterns=list(scope.get("patterns", ())),
+            types=list(scope.get("types", ())), validate=True,
         )
-    except Exception as exc:
-        raise ConversionError(
-            f"NNCF INT8 quantisation failed: {exc}",
-            fix="check the calibration data matches the model's inputs (names, shapes, dtypes), or choose fp16.",
-        ) from exc
-    return quantized, {
+    info: dict[str, Any] = {
         "quantizer": "nncf.quantize",
         "nncf_preset": preset_name,
         "nncf_target_device": str(target.value),
         "calibration_samples": feeds.num_samples,
         "calibration_batches": len(feeds),
-        "fast_bias_correction": True,
+        "fast_bias_correction": fast_bias,
+        "model_type": s.get("model_type"),
+        "ignored_scope": scope,
     }
+    try:
+        if "max_drop" in s:
+            quantized, extra = _quantise_with_accuracy_control(model, feeds, plan, inputs, profile, kwargs)
+            info.update(extra)
+        else:
+            quantized = nncf.quantize(model, feeds.nncf_dataset(), **kwargs)
+    except ConversionError:
+        raise
+    except nncf.ValidationError as exc:  # an ignored_scope entry that matches nothing
+        names = sorted(op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in WEIGHTED_OPS)
+        raise ConversionError(
+            f"Step '{plan.step or 'quantize'}': NNCF rejected the ignored_scope: {str(exc).splitlines()[0]}",
+            fix=f"use OpenVINO operation names or patterns; the weighted layers here are {', '.join(names)}.",
+        ) from exc
+    except Exception as exc:
+        raise ConversionError(
+            f"NNCF INT8 quantisation failed: {exc}",
+            fix="check the calibration data matches the model's inputs (names, shapes, dtypes), or choose fp16.",
+        ) from exc
+    return quantized, info
+
+
+def _quantise_with_accuracy_control(
+    model: "ov.Model", feeds: Feeds, plan: LoweringPlan, inputs: tuple[TensorSpec, ...], profile: DeviceProfile,
+    kwargs: dict[str, Any],
+) -> tuple["ov.Model", dict[str, Any]]:
+    """``nncf.quantize_with_accuracy_control`` with top-1 accuracy on the labelled validation feeds as the metric."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    val = plan.validation_feeds
+    if val is None or val.labels is None or len(val) == 0:
+        raise ConversionError(
+            f"Step '{plan.step or 'quantize-accuracy'}' needs labelled validation data to measure the accuracy drop, "
+            "and none was given.",
+            fix="convert with a dataset that has labels (e.g. --dataset digits), or use the plain 'quantize' step.",
+        )
+    val = conform_feeds(val, inputs)
+    if profile.static_batch:
+        val = rebatch(val, profile.static_batch)
+    items = list(zip(val.batches, val.labels or (), strict=True))
+    validation = nncf.Dataset(items, lambda item: item[0])
+    s = plan.settings
+    max_drop = float(s["max_drop"])
+    drop_type = nncf.DropType.RELATIVE if s.get("drop_type") == "relative" else nncf.DropType.ABSOLUTE
+    restorer = AdvancedAccuracyRestorerParameters()
+    if s.get("max_num_iterations"):
+        restorer.max_num_iterations = int(s["max_num_iterations"])
+    quantized = nncf.quantize_with_accuracy_control(
+        model, feeds.nncf_dataset(), validation, validation_fn=top1_metric, max_drop=max_drop, drop_type=drop_type,
+        advanced_accuracy_restorer_parameters=restorer, **kwargs,
+    )
+    import openvino as ov
+
+    core = ov.Core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = top1_metric(core.compile_model(model, "CPU", f32), items)
+    after = top1_metric(core.compile_model(quantized, "CPU", f32), items)
+    drop = before - after if drop_type is nncf.DropType.ABSOLUTE else (before - after) / max(before, 1e-12)
+    return quantized, {
+        "quantizer": "nncf.quantize_with_accuracy_control",
+        "accuracy_control": {
+            "max_drop": max_drop,
+            "drop_type": str(drop_type.value),
+            "fp32_accuracy": before,
+            "int8_accuracy": after,
+            "drop": drop,
+            "met": drop <= max_drop + 1e-12,
+            "validation_samples": val.num_samples,
+            "reverted_to_fp32": float_operations(quantized),
+        },
+    }
+
+
+def top1_metric(compiled: Any, items: Any) -> float:
+    """Top-1 accuracy of a compiled OpenVINO model over ``(feed, labels)`` items (NNCF's validation_fn)."""
+    import numpy as np
+
+    correct = total = 0
+    for feed, labels in items:
+        logits = np.asarray(compiled(feed)[0])
+        labels = np.asarray(labels).reshape(-1)
+        correct += int((logits.reshape(len(labels), -1).argmax(axis=1) == labels).sum())
+        total += len(labels)
+    return correct / max(total, 1)
+
+
+WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"})
+
+
+def float_operations(model: "ov.Model") -> list[str]:
+    """Weighted operations (convolutions, matmuls) with no FakeQuantize on any input: those left in floating point.
+
+    For an INT8 model these are the ignored scope, what accuracy control reverted, and what the preset skips.
+    """
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in WEIGHTED_OPS:
+            continue
+        if not any(_fed_by_fake_quantize(op.input_value(i).get_node()) for i in range(op.get_input_size())):
+            out.append(op.get_friendly_name())
+    return sorted(out)
+
+
+def _fed_by_fake_quantize(node: Any, depth: int = 0) -> bool:
+    """Whether ``node`` is a FakeQuantize, or a weight decompression chain (Convert/Subtract/Multiply/Reshape) of one."""
+    kind = node.get_type_name()
+    if kind == "FakeQuantize":
+        return True
+    if kind == "Constant":
+        return node.get_element_type().get_type_name() in {"i8", "u8", "i4", "u4"}  # compressed INT8 weights
+    if depth < 4 and kind in {"Convert", "Subtract", "Multiply", "Reshape", "Transpose"}:
+        return any(_fed_by_fake_quantize(node.input_value(i).get_node(), depth + 1) for i in range(node.get_input_size()))
+    return False
 
 
 def _move_into_place(work: Path, out_dir: Path) -> None:
@@ -222,4 +374,4 @@ def _spec(port: Any, onnx_specs: tuple[TensorSpec, ...]) -> TensorSpec:
     return TensorSpec(name=name, shape=tuple(dims), dtype=dtype)
 
 
-__all__ = ["INT8_PRESETS", "IR_FILES", "OpenVinoConverter"]
+__all__ = ["INT8_PRESETS", "IR_FILES", "WEIGHTED_OPS", "OpenVinoConverter", "float_operations", "top1_metric"]
