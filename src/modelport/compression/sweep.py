@@ -62,8 +62,8 @@ BASELINE = "baseline"
 EAGER = "pytorch-eager"
 _MAX_MATRIX_BYTES = 1 << 20
 _TOP_KEYS = frozenset({
-    "name", "description", "dataset", "dataset_root", "epochs", "seed", "models", "profiles", "calibration_size",
-    "compression_seconds", "bench", "variant",
+    "name", "description", "dataset", "dataset_root", "epochs", "train_seconds", "seed", "models", "profiles",
+    "calibration_size", "compression_seconds", "bench", "variant",
 })
 _BENCH_KEYS = frozenset({
     "batch_sizes", "threads", "eval_limit", "warmup_iters", "warmup_seconds", "min_iters", "min_seconds",
@@ -134,6 +134,7 @@ class Matrix:
     dataset: str = "digits"
     dataset_root: Path | None = None
     epochs: int = 3
+    train_seconds: float | None = None  # cap on training each base model
     seed: int = 0
     calibration_size: int = 300
     compression_seconds: float | None = None
@@ -169,7 +170,8 @@ class Matrix:
     def to_dict(self) -> dict[str, Any]:
         return jsonable({
             "name": self.name, "description": self.description, "source": self.source, "dataset": self.dataset,
-            "dataset_root": self.dataset_root, "epochs": self.epochs, "seed": self.seed,
+            "dataset_root": self.dataset_root, "epochs": self.epochs, "train_seconds": self.train_seconds,
+            "seed": self.seed,
             "calibration_size": self.calibration_size, "compression_seconds": self.compression_seconds,
             "models": [{"arch": m.arch, "checkpoint": m.checkpoint, "epochs": m.epochs} for m in self.models],
             "profiles": list(self.profiles),
@@ -270,6 +272,7 @@ class Matrix:
             dataset=_str(data, "dataset", source) or "digits",
             dataset_root=None if root is None else Path(str(root)),
             epochs=_pos_int(data, "epochs", source) or 3,
+            train_seconds=_pos_float(data, "train_seconds", source),
             seed=int(data.get("seed", 0)) if isinstance(data.get("seed", 0), int) else _bad(source, "seed", "an integer"),
             calibration_size=_pos_int(data, "calibration_size", source) or 300,
             compression_seconds=_pos_float(data, "compression_seconds", source),
@@ -506,11 +509,12 @@ def _base_checkpoints(m: Matrix, stage: Path, say: Progress) -> tuple[dict[str, 
         model = build_model(entry.arch, num_classes=ds.num_classes)
         epochs = entry.epochs or m.epochs
         say(f"training {entry.arch} on {m.dataset} for {epochs} epochs")
-        report = train(model, ds, epochs=epochs, seed=m.seed, progress=False)
+        report = train(model, ds, epochs=epochs, seed=m.seed, progress=False, max_seconds=m.train_seconds)
         path = stage / "checkpoints" / f"{entry.arch}.safetensors"
         save_state_dict(model, path)
         ckpts[entry.arch] = path
-        training[entry.arch] = {"epochs": epochs, "seconds": round(report.seconds, 2),
+        training[entry.arch] = {"epochs": epochs, "epochs_run": report.epochs, "stopped_early": report.stopped_early,
+                                "seconds": round(report.seconds, 2),
                                 "test_accuracy": report.test_accuracy, "checkpoint": f"checkpoints/{path.name}"}
     return ckpts, training
 
