@@ -249,30 +249,51 @@ def sweep_cmd(
 def bench_cmd(
     folder: Annotated[Path, typer.Argument(help="Output folder of 'modelport convert', or a bundle (folder or .tar.gz).")],
     profiles: Annotated[str | None, typer.Option(help="Only these profiles (comma-separated).")] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated.")] = "1,32",
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", "--batch", help="Batch sizes to time, comma-separated.")
+    ] = "1,8,32,64",
+    mode: Annotated[
+        str, typer.Option(help="latency (one request at a time), throughput (async queue / concurrent sessions), or both.")
+    ] = "latency",
     threads: Annotated[int | None, typer.Option(min=1, help="Threads per runtime (default: all cores).")] = None,
+    streams: Annotated[
+        int | None, typer.Option(min=1, help="Throughput mode: OpenVINO streams / ONNX Runtime sessions (default: runtime's choice).")
+    ] = None,
     min_iters: Annotated[int, typer.Option(min=1, help="Minimum timed iterations per batch size.")] = 30,
     min_seconds: Annotated[float, typer.Option(min=0.0, help="Minimum timed seconds per batch size.")] = 1.0,
+    warmup_iters: Annotated[int, typer.Option(min=0, help="Warm-up iterations (excluded) per batch size.")] = 5,
+    warmup_seconds: Annotated[float, typer.Option(min=0.0, help="Minimum warm-up seconds per batch size.")] = 0.2,
     eval_limit: Annotated[int | None, typer.Option(min=1, help="Evaluate accuracy on at most this many samples.")] = None,
+    isolate: Annotated[
+        bool, typer.Option("--isolate/--no-isolate", help="One fresh subprocess per artifact (--no-isolate: in-process, for debugging).")
+    ] = True,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one isolated artifact may take before it is killed.")] = 600.0,
     dataset_root: Annotated[Path | None, typer.Option(help="Where the dataset lives on this machine.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write results (default: FOLDER).")] = None,
 ) -> None:
     """Benchmark every artifact in its native runtime; write results.json/csv/md and report.html.
 
-    Example:  modelport bench /tmp/cifar --batch-sizes 1,8,32 --threads 2
+    Example:  modelport bench /tmp/cifar --batch 1,8,32 --threads 2 --mode both
     """
+    from modelport.benchmark.progress import BenchProgress
     from modelport.benchmark.report import render_table
     from modelport.benchmark.runner import BenchConfig
     from modelport.benchmark.timing import TimingConfig
     from modelport.pipeline import bench
 
     config = BenchConfig(
-        timing=TimingConfig(min_iters=min_iters, min_seconds=min_seconds),
+        timing=TimingConfig(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
+                            min_seconds=min_seconds, max_seconds=max(30.0, min_seconds)),
         batch_sizes=_int_list(batch_sizes, "batch-sizes"),
         threads=threads,
         eval_limit=eval_limit,
+        mode=mode,
+        streams=streams,
+        isolate=isolate,
+        artifact_timeout=timeout,
     )
-    results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=_progress)
+    with BenchProgress(err_console) as bars:
+        results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=bars)
     render_table(results, console)
     console.print(f"wrote {(out or folder) / 'results.json'}, results.csv, results.md, report.html")
 

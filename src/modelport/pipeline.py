@@ -716,18 +716,28 @@ def bench(
             continue
         runtime_name, device, label = _runtime_for(art)
         say(f"benchmarking {label}")
-        from modelport.runtimes import get_runtime
+        from modelport.runtimes import RUNTIMES, get_runtime
 
-        row = benchmark_artifact(
-            art,
-            runtime=get_runtime(runtime_name),
-            device=device,
-            config=config,
-            eval_feeds=feeds,
-            reference_outputs=reference,
-            reference_accuracy=ref_accuracy,
-            label=label,
-        )
+        if config.isolate:  # a fresh subprocess per artifact: own peak memory, a crash becomes a failed row
+            from modelport.benchmark.isolation import run_isolated
+
+            row = run_isolated(
+                art, runtime_spec=RUNTIMES[runtime_name], runtime_name=runtime_name, device=device, config=config,
+                eval_feeds=feeds, reference_outputs=reference, reference_accuracy=ref_accuracy, label=label,
+                progress=progress,
+            )
+        else:
+            row = benchmark_artifact(
+                art,
+                runtime=get_runtime(runtime_name),
+                device=device,
+                config=config,
+                eval_feeds=feeds,
+                reference_outputs=reference,
+                reference_accuracy=ref_accuracy,
+                label=label,
+                progress=progress,
+            )
         rows.append(row)
 
     results = BenchResults(

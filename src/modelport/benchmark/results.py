@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelport.benchmark.throughput import ThroughputStats
 from modelport.benchmark.timing import LatencyStats
 from modelport.core.files import atomic_write_json
 from modelport.core.types import Artifact
@@ -73,6 +74,11 @@ class ArtifactResult:
     memory: dict[str, float | None] = field(default_factory=dict)
     threads: int | None = None
     notes: list[str] = field(default_factory=list)
+    # added within schema v1 (absent in older files; readers default them to empty):
+    async_throughput: dict[int, ThroughputStats] = field(default_factory=dict)  # throughput mode, per batch
+    energy: dict[int, dict[str, Any]] = field(default_factory=dict)  # per batch: joules/inference or "n/a (no counters)"
+    settings: dict[str, Any] = field(default_factory=dict)  # threads/streams/affinity as the runtime reports them
+    isolation: dict[str, Any] = field(default_factory=dict)  # subprocess: pid, exit code, peak-RSS source, seconds
 
     @property
     def ok(self) -> bool:
@@ -91,6 +97,8 @@ class ArtifactResult:
         """Drop every number but size: for rows that failed or whose outputs cannot be trusted."""
         self.latency = {}
         self.throughput = {}
+        self.async_throughput = {}
+        self.energy = {}
         self.accuracy = None
         self.accuracy_drop = None
 
@@ -145,6 +153,10 @@ class ArtifactResult:
             "memory": dict(self.memory),
             "threads": self.threads,
             "notes": list(self.notes),
+            "async_throughput": {str(b): t.to_dict() for b, t in sorted(self.async_throughput.items())},
+            "energy": {str(b): dict(e) for b, e in sorted(self.energy.items())},
+            "settings": dict(self.settings),
+            "isolation": dict(self.isolation),
         }
 
     @classmethod
@@ -174,6 +186,12 @@ class ArtifactResult:
                 memory={str(k): _opt_float(v) for k, v in dict(d.get("memory") or {}).items()},
                 threads=None if d.get("threads") is None else int(d["threads"]),
                 notes=[str(n) for n in d.get("notes") or []],
+                async_throughput={
+                    int(b): ThroughputStats.from_dict(t) for b, t in dict(d.get("async_throughput") or {}).items()
+                },
+                energy={int(b): dict(e) for b, e in dict(d.get("energy") or {}).items()},
+                settings=dict(d.get("settings") or {}),
+                isolation=dict(d.get("isolation") or {}),
             )
         except ManifestError:
             raise

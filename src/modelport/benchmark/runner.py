@@ -6,15 +6,19 @@ Never raises for a runtime problem: every outcome becomes a row whose status say
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelport.agreement import compare, outputs_are_classes
+from modelport.benchmark.energy import POWERCAP_ROOT, EnergyMeter, energy_record
 from modelport.benchmark.results import ArtifactResult
+from modelport.benchmark.throughput import MODES, measure_throughput
 from modelport.benchmark.timing import TimingConfig, measure
 from modelport.core.types import Artifact, TensorSpec
 from modelport.data.feeds import Feeds
@@ -30,13 +34,27 @@ class BenchConfig:
     """What to measure: timing protocol, batch sizes, threads, evaluation batching and sample limit."""
 
     timing: TimingConfig = field(default_factory=TimingConfig)
-    batch_sizes: tuple[int, ...] = (1, 32)
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
     threads: int | None = None
     eval_batch_size: int = 64
     eval_limit: int | None = None
     seed: int = 0  # for random feeds when there is no evaluation data
+    mode: str = "latency"  # latency | throughput | both (throughput = async queue / concurrent sessions)
+    streams: int | None = None  # throughput mode: OpenVINO NUM_STREAMS / ONNX Runtime sessions (None: runtime picks)
+    throughput_seconds: float | None = None  # length of each throughput window (None: timing.min_seconds)
+    isolate: bool = True  # pipeline.bench: one fresh subprocess per artifact (memory figures, crash isolation)
+    artifact_timeout: float = 600.0  # seconds an isolated artifact may take before its child is killed
+    powercap_root: str = str(POWERCAP_ROOT)  # where energy counters are read (a test passes a fake tree)
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"Unknown benchmark mode '{self.mode}'.", fix=f"pass one of {', '.join(MODES)}.")
+        if self.streams is not None and self.streams < 1:
+            raise InputError(f"streams must be ≥ 1 or None, got {self.streams}.", fix="omit it to let runtimes choose.")
+        if self.throughput_seconds is not None and self.throughput_seconds <= 0:
+            raise InputError("throughput_seconds must be > 0.", fix="pass e.g. 1.0, or omit it.")
+        if self.artifact_timeout <= 0:
+            raise InputError("artifact_timeout must be > 0 seconds.", fix="pass e.g. 600.")
         if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise InputError(f"Batch sizes must be positive integers, got {self.batch_sizes!r}.", fix="pass e.g. --batch 1,32.")
         if self.eval_batch_size < 1:
@@ -54,12 +72,63 @@ class BenchConfig:
             "eval_batch_size": self.eval_batch_size,
             "eval_limit": self.eval_limit,
             "seed": self.seed,
+            "mode": self.mode,
+            "streams": self.streams,
+            "throughput_seconds": self.throughput_seconds,
+            "isolate": self.isolate,
+            "artifact_timeout": self.artifact_timeout,
+            "powercap_root": self.powercap_root,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchConfig":
+        """The inverse of ``to_dict`` (how an isolated child receives its configuration)."""
+        kw = {k: d[k] for k in ("threads", "eval_batch_size", "eval_limit", "seed", "mode", "streams",
+                                "throughput_seconds", "isolate", "artifact_timeout", "powercap_root") if k in d}
+        return cls(timing=TimingConfig.from_dict(d.get("timing") or {}),
+                   batch_sizes=tuple(int(b) for b in d.get("batch_sizes") or (1,)), **kw)
+
+    @property
+    def latency(self) -> bool:
+        return self.mode in {"latency", "both"}
+
+    @property
+    def throughput(self) -> bool:
+        return self.mode in {"throughput", "both"}
 
 
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def affinity() -> dict[str, Any]:
+    """The CPUs this process may run on (``taskset``/cgroup pinning shows here), for the row's settings."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return {"cpus": None, "restricted": None}
+    return {"cpus": cpus, "restricted": len(cpus) < (os.cpu_count() or len(cpus))}
+
+
+class _Steps:
+    """Counts an artifact's steps for progress bars: ``progress.step(label, done, total)`` when it has one."""
+
+    def __init__(self, say: Progress, label: str, total: int) -> None:
+        self.say, self.label, self.total, self.done = say, label, total, 0
+        self._step = getattr(say, "step", None)
+
+    def __call__(self, message: str, advance: bool = False) -> None:
+        if advance:
+            self.done = min(self.done + 1, self.total)
+        self.say(f"{self.label}: {message}")
+        if self._step is not None:
+            self._step(self.label, self.done, self.total)
+
+
+def plan_steps(config: BenchConfig, sizes: int) -> int:
+    """Steps an artifact takes: load, evaluate, then one per batch size and mode."""
+    return 2 + sizes * (int(config.latency) + int(config.throughput))
 
 
 def _rss_mb() -> float | None:
@@ -177,31 +246,51 @@ def _accuracy_and_agreement(
     return None
 
 
-def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, pool: dict[str, np.ndarray] | None,
-                  row: ArtifactResult, say: Progress) -> None:
-    rng = np.random.default_rng(config.seed)
+def _batch_sizes(artifact: Artifact, config: BenchConfig, row: ArtifactResult) -> list[int]:
     static = fixed_batch(artifact.inputs)
     sizes = list(dict.fromkeys(config.batch_sizes))
-    if static is not None:
-        for b in sizes:
-            if b != static:
-                row.add_note(f"batch {b} skipped: static batch {static}")
-        if static not in sizes:
-            row.add_note(f"measured at static batch {static} only")
-        sizes = [static]
-    sync = getattr(session, "synchronize", None)
+    if static is None:
+        return sizes
     for b in sizes:
+        if b != static:
+            row.add_note(f"batch {b} skipped: static batch {static}")
+    if static not in sizes:
+        row.add_note(f"measured at static batch {static} only")
+    return [static]
+
+
+def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, pool: dict[str, np.ndarray] | None,
+                  row: ArtifactResult, step: _Steps) -> None:
+    """Per batch size: the latency loop (with energy around it) and/or the throughput window."""
+    rng = np.random.default_rng(config.seed)
+    sync = getattr(session, "synchronize", None)
+    meter = EnergyMeter(Path(config.powercap_root))
+    seconds = config.throughput_seconds or max(config.timing.min_seconds, 0.05)
+    for b in _batch_sizes(artifact, config, row):
         feed = make_feed(artifact.inputs, b, pool, rng)
-        session.infer(feed)  # validated once; the loop below runs unchecked
-        say(f"{row.label}: timing batch {b}")
-        stats = measure(lambda feed=feed: session.infer_unchecked(feed), config.timing, sync=sync)
-        row.latency[b] = stats
-        row.throughput[b] = b * stats.n / stats.total_seconds if stats.total_seconds > 0 else float("inf")
+        if config.latency:
+            run = session.bind(feed)  # validated once; the loop runs the bound call only
+            step(f"timing batch {b}")
+            before = meter.read() if meter.available else None
+            stats = measure(run, config.timing, sync=sync)
+            after = meter.read() if meter.available else None
+            row.latency[b] = stats
+            row.throughput[b] = b * stats.n / stats.total_seconds if stats.total_seconds > 0 else float("inf")
+            row.energy[b] = energy_record(meter, before, after, stats.n, b)
+            if stats.high_cv:
+                row.add_note(f"batch {b}: noisy run (CV {stats.cv:.2f}); compare with care")
+            step(f"timed batch {b}: p50 {stats.p50:.3f} ms", advance=True)
+        if config.throughput:
+            step(f"throughput batch {b}")
+            tput = measure_throughput(session, feed, b, seconds=seconds,
+                                      warmup_seconds=config.timing.warmup_seconds, streams=config.streams)
+            row.async_throughput[b] = tput
+            step(f"throughput batch {b}: {tput.items_per_second:.1f} items/s", advance=True)
 
 
 def _measure_all(
     artifact: Artifact, runtime: Runtime, device: str, config: BenchConfig, eval_feeds: Feeds | None,
-    reference_outputs: list[np.ndarray] | None, reference_accuracy: float | None, row: ArtifactResult, say: Progress,
+    reference_outputs: list[np.ndarray] | None, reference_accuracy: float | None, row: ArtifactResult, step: _Steps,
 ) -> None:
     clock = time.perf_counter_ns
     mem: dict[str, float | None] = {"rss_before_load_mb": _rss_mb()}
@@ -216,7 +305,7 @@ def _measure_all(
         if config.eval_limit is not None:
             reference = reference[: config.eval_limit]
 
-    say(f"{row.label}: loading on {runtime.name}/{device}")
+    step(f"loading on {runtime.name}/{device}")
     t0 = clock()
     session = runtime.load(artifact, device, config.threads)
     session.__enter__()
@@ -225,6 +314,10 @@ def _measure_all(
         mem["rss_after_load_mb"] = _rss_mb()
         for note in getattr(session, "notes", ()):
             row.add_note(note)
+        settings = getattr(session, "settings", None)
+        row.settings = {"threads_requested": config.threads, "affinity": affinity()}
+        if callable(settings):
+            row.settings["runtime"] = settings()
         feed = make_feed(artifact.inputs, static or 1, pool, np.random.default_rng(config.seed))
         t0 = clock()
         outs = session.infer(feed)
@@ -232,10 +325,11 @@ def _measure_all(
         if sync is not None:
             sync()
         row.first_inference_ms = (clock() - t0) / 1e6
+        step("loaded", advance=True)
         samples = [mem["rss_after_load_mb"], _rss_mb()]
         bad = _invalid_reason(outs)
         if bad is None and pool is not None:
-            say(f"{row.label}: evaluating {len(next(iter(pool.values())))} samples")
+            step(f"evaluating {len(next(iter(pool.values())))} samples")
             outputs = _evaluate(session, pool, static or config.eval_batch_size, static is not None)
             if reference is not None and len(reference) != len(outputs[0]):
                 row.add_note(f"agreement not computed: reference has {len(reference)} samples, data {len(outputs[0])}")
@@ -245,7 +339,8 @@ def _measure_all(
             row.status = f"invalid: {bad}"
             row.clear_measurements()
             return
-        _time_batches(session, artifact, config, pool, row, say)
+        step("evaluated", advance=True)
+        _time_batches(session, artifact, config, pool, row, step)
         samples.append(_rss_mb())
         real = [s for s in samples if s is not None]
         mem["rss_peak_mb"] = max(real) if real else None
@@ -271,6 +366,8 @@ def benchmark_artifact(
     """
     say: Progress = progress or (lambda _msg: None)
     row = ArtifactResult.for_artifact(artifact, runtime=runtime.name, device=device, label=label, threads=config.threads)
+    sizes = 1 if fixed_batch(artifact.inputs) is not None else len(dict.fromkeys(config.batch_sizes))
+    step = _Steps(say, row.label, plan_steps(config, sizes))
     if not artifact.ok:
         row.status = artifact.status_text
         return row
@@ -285,7 +382,7 @@ def benchmark_artifact(
         row.status = f"unavailable: {why}"
         return row
     try:
-        _measure_all(artifact, runtime, device, config, eval_feeds, reference_outputs, reference_accuracy, row, say)
+        _measure_all(artifact, runtime, device, config, eval_feeds, reference_outputs, reference_accuracy, row, step)
     except RuntimeUnavailableError as exc:
         row.status = f"unavailable: {exc}"
     except ModelportError as exc:
@@ -295,5 +392,6 @@ def benchmark_artifact(
     if row.state in {"failed", "unavailable"}:
         row.clear_measurements()
         row.load_ms = row.first_inference_ms = None
-    say(f"{row.label}: {row.status}")
+    step.done = step.total
+    step(row.status)
     return row

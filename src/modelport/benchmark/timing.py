@@ -17,6 +17,7 @@ import numpy as np
 from modelport.errors import InputError, ManifestError
 
 _EXACT_CI_MAX_N = 1000
+HIGH_CV = 0.10  # coefficient of variation above which a run is flagged as noisy (std is >10 % of the mean)
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,15 @@ class LatencyStats:
     cv: float
     median_ci95: tuple[float, float]
     total_seconds: float
+    warmup_n: int | None = None  # warm-up iterations run (excluded from every figure)
+
+    @property
+    def high_cv(self) -> bool:
+        """True when the run was noisy (CV above ``HIGH_CV``): compare its figures with care, or re-run."""
+        return self.cv > HIGH_CV
 
     @classmethod
-    def from_samples_ns(cls, samples_ns: Sequence[int] | np.ndarray) -> "LatencyStats":
+    def from_samples_ns(cls, samples_ns: Sequence[int] | np.ndarray, warmup_n: int | None = None) -> "LatencyStats":
         ns = np.asarray(samples_ns, dtype=np.int64)
         if ns.size == 0:
             raise ValueError("no timing samples")
@@ -79,12 +86,13 @@ class LatencyStats:
         return cls(
             n=int(ms.size), p50=p50, p90=p90, p95=p95, p99=p99, mean=mean, std=std,
             min=float(ms.min()), max=float(ms.max()), cv=std / mean if mean > 0 else 0.0,
-            median_ci95=median_ci95(ms), total_seconds=float(ns.sum()) / 1e9,
+            median_ci95=median_ci95(ms), total_seconds=float(ns.sum()) / 1e9, warmup_n=warmup_n,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["median_ci95"] = list(self.median_ci95)
+        d["high_cv"] = self.high_cv
         return d
 
     @classmethod
@@ -95,6 +103,7 @@ class LatencyStats:
                 n=int(d["n"]), p50=float(d["p50"]), p90=float(d["p90"]), p95=float(d["p95"]), p99=float(d["p99"]),
                 mean=float(d["mean"]), std=float(d["std"]), min=float(d["min"]), max=float(d["max"]),
                 cv=float(d["cv"]), median_ci95=(float(lo), float(hi)), total_seconds=float(d["total_seconds"]),
+                warmup_n=None if d.get("warmup_n") is None else int(d["warmup_n"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"Malformed latency record {d!r}: {exc}.", fix="re-run the benchmark.") from exc
@@ -167,4 +176,4 @@ def measure(fn: Callable[[], object], config: TimingConfig, sync: Callable[[], N
             break
         if len(samples) >= config.min_iters and elapsed >= min_ns:
             break
-    return LatencyStats.from_samples_ns(samples)
+    return LatencyStats.from_samples_ns(samples, warmup_n=done)

@@ -6,8 +6,13 @@ optimisation on; ``threads`` sets the intra-op pool (0 lets ONNX Runtime choose)
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
+import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,18 +46,84 @@ class OnnxRuntimeSession(Session):
         super().__init__(artifact, device, threads)
         self._sess: Any = None
 
-    def _open(self) -> None:
+    def _new_session(self, intra_op_threads: int) -> Any:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads or 0
+        opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._sess = ort.InferenceSession(str(self.artifact.path), sess_options=opts, providers=_PROVIDERS[self.device])
+        return ort.InferenceSession(str(self.artifact.path), sess_options=opts, providers=_PROVIDERS[self.device])
+
+    def _open(self) -> None:
+        self._sess = self._new_session(self.threads or 0)
 
     def _infer(self, feed: Feed) -> list[np.ndarray]:
         return list(self._sess.run(None, feed))
+
+    def _bind(self, feed: Feed) -> Callable[[], list[np.ndarray]]:
+        # exactly the call a bare ``session.run`` loop makes (it returns a list of fresh arrays)
+        return functools.partial(self._sess.run, None, feed)
+
+    def settings(self) -> dict[str, Any]:
+        """Thread settings as passed (0 = ONNX Runtime picks one per physical core) and the providers in use."""
+        return {
+            "intra_op_num_threads": self.threads or 0,
+            "inter_op_num_threads": 1,
+            "execution_mode": "sequential",
+            "providers": list(self._sess.get_providers()),
+        }
+
+    def run_throughput(self, feed: Feed, *, seconds: float, warmup_seconds: float,
+                       streams: int | None = None) -> dict[str, Any]:
+        """Items per second with ``streams`` concurrent sessions, one Python thread each (``run`` drops the GIL).
+
+        ONNX Runtime has no async queue on CPU, so concurrency is several sessions sharing the thread budget:
+        each gets ``max(1, threads // streams)`` intra-op threads; default streams = the thread budget.
+        """
+        budget = self.threads or os.cpu_count() or 1
+        streams = max(1, int(streams or budget))
+        intra = max(1, budget // streams)
+        sessions = [self._new_session(intra) for _ in range(streams)]
+        clock = time.perf_counter_ns
+        counts = [0] * streams
+        latencies: list[list[int]] = [[] for _ in range(streams)]
+        barrier = threading.Barrier(streams + 1)
+        window: dict[str, int] = {}
+
+        def worker(i: int) -> None:
+            sess = sessions[i]
+            barrier.wait()
+            while clock() < window["warm_end"]:
+                sess.run(None, feed)
+            barrier.wait()  # every worker warm
+            barrier.wait()  # timed window set
+            while clock() < window["end"]:
+                t = clock()
+                sess.run(None, feed)
+                latencies[i].append(clock() - t)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(streams)]
+        for t in threads:
+            t.start()
+        window["warm_end"] = clock() + int(warmup_seconds * 1e9)
+        barrier.wait()
+        barrier.wait()
+        t0 = clock()
+        window["end"] = t0 + int(seconds * 1e9)  # set before releasing the workers into the timed window
+        barrier.wait()
+        for t in threads:
+            t.join()
+        elapsed = (clock() - t0) / 1e9
+        flat = [x for lat in latencies for x in lat]
+        return {
+            "completed": sum(counts), "seconds": elapsed, "streams": streams, "requests": streams,
+            "request_latency_ms_p50": float(np.median(flat)) / 1e6 if flat else None,
+            "settings": {"sessions": streams, "intra_op_num_threads_each": intra, "inter_op_num_threads": 1},
+            "engine": "onnxruntime concurrent sessions",
+        }
 
     def _close(self) -> None:
         self._sess = None

@@ -1,0 +1,240 @@
+"""One fresh subprocess per artifact: honest peak memory, and a crashing runtime cannot take the run down.
+
+Why a subprocess: a runtime keeps thread pools, arenas and caches for the life of the process, so an artifact
+measured after another inherits its memory and its spinning threads; and a native crash (segfault, abort, OOM
+kill) in one runtime would end the whole benchmark. The parent writes a job folder (``job.json`` + ``data.npz``,
+no pickles), starts ``python -m modelport.benchmark.isolation JOB``, relays its progress, and reads back the row
+as JSON. A child that dies by a signal becomes ``failed: crashed (signal N, NAME)``; one that runs past the
+timeout is killed and becomes ``failed: timed out``; the run goes on with the next artifact.
+
+The child reports its peak resident memory from ``VmHWM`` (the kernel's high-water mark for the process, which
+covers loading, evaluation and every timing loop), with ``getrusage`` as a fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.benchmark.results import ArtifactResult
+from modelport.core.files import atomic_write_json
+from modelport.core.types import Artifact
+from modelport.data.feeds import Feeds
+
+EVENT = "@@modelport-progress "  # prefix of the child's progress lines on stdout (anything else is library noise)
+JOB_FILE, DATA_FILE, ROW_FILE = "job.json", "data.npz", "row.json"
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str, config: Any, label: str | None,
+               eval_feeds: Feeds | None, reference_outputs: list[np.ndarray] | None,
+               reference_accuracy: float | None) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    names: list[str] = []
+    batches = 0
+    if eval_feeds is not None:
+        batches = len(eval_feeds.batches)
+        names = list(eval_feeds.batches[0]) if batches else []
+        for i, feed in enumerate(eval_feeds.batches):
+            for j, name in enumerate(names):
+                arrays[f"in_{i}_{j}"] = np.asarray(feed[name])
+            if eval_feeds.labels is not None:
+                arrays[f"label_{i}"] = np.asarray(eval_feeds.labels[i])
+    for i, ref in enumerate(reference_outputs or []):
+        arrays[f"ref_{i}"] = np.asarray(ref)
+    np.savez(folder / DATA_FILE, **arrays)
+    atomic_write_json(folder / JOB_FILE, {
+        "artifact": artifact.to_dict(),
+        "runtime": runtime_spec,
+        "device": device,
+        "config": config.to_dict(),
+        "label": label,
+        "input_names": names,
+        "batches": batches,
+        "labels": eval_feeds is not None and eval_feeds.labels is not None,
+        "references": len(reference_outputs or []),
+        "reference_accuracy": reference_accuracy,
+    })
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown"
+
+
+def _relay(stream: Any, progress: Any, noise: deque[str]) -> None:
+    """Forward the child's progress events; keep the last lines of anything else for the failure message."""
+    step = getattr(progress, "step", None)
+    for line in stream:
+        if not line.startswith(EVENT):
+            if line.strip():
+                noise.append(line.rstrip())
+            continue
+        try:
+            event = json.loads(line[len(EVENT):])
+        except json.JSONDecodeError:
+            continue
+        if event.get("message") is not None and progress is not None:
+            progress(str(event["message"]))
+        if event.get("step") is not None and step is not None:
+            label, done, total = event["step"]
+            step(str(label), int(done), int(total))
+
+
+def run_isolated(
+    artifact: Artifact,
+    *,
+    runtime_spec: str,
+    runtime_name: str,
+    device: str,
+    config: Any,
+    eval_feeds: Feeds | None,
+    reference_outputs: list[np.ndarray] | None,
+    reference_accuracy: float | None,
+    label: str | None = None,
+    progress: Any = None,
+    timeout: float | None = None,
+) -> ArtifactResult:
+    """Benchmark ``artifact`` in a fresh Python process; never raises for what happens in the child.
+
+    ``runtime_spec`` is the runtime's ``"module:attr"`` (the registry's value), resolved in the child.
+    """
+    timeout = timeout if timeout is not None else config.artifact_timeout
+    folder = Path(tempfile.mkdtemp(prefix="modelport-bench-"))
+    started = time.perf_counter()
+    isolation: dict[str, Any] = {"mode": "subprocess", "timeout_s": timeout}
+    try:
+        _write_job(folder, artifact, runtime_spec, device, config, label, eval_feeds, reference_outputs,
+                   reference_accuracy)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelport.benchmark.isolation", str(folder)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            errors="replace", cwd=folder,
+        )
+        isolation["pid"] = proc.pid
+        noise: deque[str] = deque(maxlen=20)
+        reader = threading.Thread(target=_relay, args=(proc.stdout, progress, noise), daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+            timed_out = True
+        reader.join(timeout=5)
+        isolation["exit_code"] = code
+        isolation["seconds"] = round(time.perf_counter() - started, 3)
+        row_path = folder / ROW_FILE
+        if not timed_out and code == 0 and row_path.is_file():
+            row = ArtifactResult.from_dict(json.loads(row_path.read_text(encoding="utf-8")))
+            row.isolation = {**isolation, **row.isolation}
+            return row
+        if timed_out:
+            status = f"failed: timed out after {timeout:g} s (child killed)"
+        elif code < 0:
+            status = f"failed: crashed (signal {-code}, {_signal_name(-code)})"
+        else:
+            last = noise[-1] if noise else "no output"
+            status = f"failed: benchmark child exited with code {code}: {last}"
+        if noise:
+            isolation["output_tail"] = list(noise)[-5:]
+    except OSError as exc:  # could not write the job or start Python: say so in the row
+        status = f"failed: could not start the benchmark subprocess: {exc}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    row = ArtifactResult.for_artifact(artifact, runtime=runtime_name, device=device, label=label,
+                                      threads=config.threads)
+    row.status = status
+    row.isolation = isolation
+    if progress is not None:
+        progress(f"{row.label}: {status}")
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ child
+
+
+def peak_rss_mb() -> tuple[float | None, str]:
+    """This process's peak resident memory in MiB and where the figure came from."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 2), "VmHWM"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return round(kb / 1024, 2), "getrusage"
+    except (OSError, ValueError):
+        return None, "unavailable"
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(EVENT + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+class _ChildProgress:
+    """Progress callable for the child: every message and step goes to the parent as one JSON line."""
+
+    def __call__(self, message: str) -> None:
+        _emit({"message": message})
+
+    def step(self, label: str, done: int, total: int) -> None:
+        _emit({"step": [label, done, total]})
+
+
+def _child(folder: Path) -> int:
+    from modelport.benchmark.runner import BenchConfig, benchmark_artifact
+    from modelport.core.registry import resolve
+
+    job = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+    with np.load(folder / DATA_FILE, allow_pickle=False) as data:
+        names, n = job["input_names"], int(job["batches"])
+        feeds = None
+        if n:
+            batches = tuple({name: data[f"in_{i}_{j}"] for j, name in enumerate(names)} for i in range(n))
+            labels = tuple(data[f"label_{i}"] for i in range(n)) if job["labels"] else None
+            feeds = Feeds(batches=batches, labels=labels)
+        refs = [data[f"ref_{i}"] for i in range(int(job["references"]))] or None
+    runtime = resolve(job["runtime"])()
+    row = benchmark_artifact(
+        Artifact.from_dict(job["artifact"]), runtime=runtime, device=job["device"],
+        config=BenchConfig.from_dict(job["config"]), eval_feeds=feeds, reference_outputs=refs,
+        reference_accuracy=job["reference_accuracy"], label=job["label"], progress=_ChildProgress(),
+    )
+    peak, source = peak_rss_mb()
+    if row.memory or row.ok:
+        row.memory["rss_peak_mb"] = peak
+    row.isolation = {"peak_rss_source": source}
+    atomic_write_json(folder / ROW_FILE, row.to_dict())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / JOB_FILE).is_file():
+        print("usage: python -m modelport.benchmark.isolation JOB_FOLDER (written by run_isolated)", file=sys.stderr)
+        return 2
+    return _child(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
