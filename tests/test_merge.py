@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from modelport.benchmark.environment import collect_environment
-from modelport.benchmark.html_report import render_html
+from modelport.benchmark.html_report import HTML_HEADERS, render_html
 from modelport.benchmark.merge import MachineRun, merge, version_warnings, write_markdown
 from modelport.benchmark.results import SCHEMA_VERSION, ArtifactResult, BenchResults
 from modelport.benchmark.timing import LatencyStats
@@ -89,7 +89,8 @@ def test_merged_html_shows_both_machines_environments_and_warnings(two_machines:
         (m, label) for m in ("cloud", "edge") for label in ("pytorch/fp32 (eager)", "legacy-cpu/fp32", "legacy-cpu/int8")
     ]
     # speedups are computed within a machine: the same ratios on both, although edge is 3x slower
-    speedups = [r[17] for r in dom.rows]  # "speedup vs fp32" (column 16 + the machine column)
+    column = 1 + HTML_HEADERS.index("speedup vs fp32")  # after the machine column
+    speedups = [r[column] for r in dom.rows]
     assert speedups[:3] == speedups[3:] and speedups[1] == "1.00×"
     assert page.count('<div class="machine">') == 2
     assert {"plot-pareto", "plot-speedup", "plot-size", "plot-throughput"} <= set(dom.images)

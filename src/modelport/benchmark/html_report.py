@@ -64,21 +64,40 @@ def _by_batch(x: Any) -> dict[int, Any]:
     return out
 
 
-def _energy(row: dict[str, Any]) -> str:
-    """Joules per inference when recorded, else the runner's reason (e.g. ``n/a (no counters)``), else n/a."""
-    value = row.get("energy", row.get("energy_j_per_inference", row.get("joules_per_inference")))
+def _energy(row: dict[str, Any], batch: int | None) -> str:
+    """Joules per inference at the table's batch (the runner records energy per batch size), else the runner's
+    reason (``n/a (no counters)``), else n/a. A single number or record (other runners) is read too."""
+    value = row.get("energy")
+    suffix = ""
+    per_batch = {b: v for b, v in _by_batch(value).items() if isinstance(v, dict) or num(v) is not None}
+    if per_batch:
+        b = batch if batch in per_batch else min(per_batch)
+        value, suffix = per_batch[b], ("" if b == 1 else f" (b{b})")
     if num(value) is not None:
-        return f"{num(value):.4g}"
+        return f"{num(value):.4g}{suffix}"
     if isinstance(value, str) and value:
         return value
     if isinstance(value, dict):
-        for key in ("joules_per_inference", "j_per_inference", "joules_per_item", "j_per_item", "per_inference_j"):
+        for key in ("joules_per_inference", "j_per_inference"):
             if num(value.get(key)) is not None:
-                return f"{num(value[key]):.4g}"
-        for key in ("status", "reason", "note"):
-            if isinstance(value.get(key), str) and value[key]:
+                return f"{num(value[key]):.4g}{suffix}"
+        for key in ("status", "reason"):
+            if isinstance(value.get(key), str) and value[key] and value[key] != "ok":
                 return str(value[key])
     return NA
+
+
+def _async_items(row: dict[str, Any]) -> dict[int, float]:
+    """Items/s of the throughput mode (streams / concurrent sessions) per batch, when the runner measured it."""
+    out = {}
+    for b, rec in _by_batch(row.get("async_throughput")).items():
+        rec = _dict(rec)
+        ips = num(rec.get("items_per_second"))
+        if ips is None and num(rec.get("seconds")) and num(rec.get("completed")) is not None:
+            ips = b * num(rec["completed"]) / num(rec["seconds"])  # type: ignore[operator]
+        if ips is not None:
+            out[b] = ips
+    return out
 
 
 def _peak_rss(row: dict[str, Any]) -> float | None:
@@ -109,6 +128,7 @@ class RowView:
     p99: dict[int, float]
     ci: dict[int, tuple[float, float]]
     throughput: dict[int, float]
+    async_throughput: dict[int, float]
     accuracy: float | None
     drop: float | None
     top1: float | None
@@ -145,6 +165,7 @@ def row_view(machine: str, row: dict[str, Any]) -> RowView:
         if isinstance(bounds, list | tuple) and len(bounds) == 2 and all(num(v) is not None for v in bounds):
             ci[b] = (num(bounds[0]), num(bounds[1]))
     throughput = {b: num(v) for b, v in _by_batch(row.get("throughput")).items() if num(v) is not None}
+    batch = (1 if 1 in p50 else min(p50)) if p50 else None
     agreement = _dict(row.get("agreement"))
     notes = row.get("notes")
     profile = row.get("profile")
@@ -166,11 +187,12 @@ def row_view(machine: str, row: dict[str, Any]) -> RowView:
         p99=p99,
         ci=ci,
         throughput=throughput,  # type: ignore[arg-type]
+        async_throughput=_async_items(row),
         accuracy=num(row.get("accuracy")),
         drop=num(row.get("accuracy_drop")),
         top1=num(agreement.get("top1_agreement")),
         rss_peak=_peak_rss(row),
-        energy=_energy(row),
+        energy=_energy(row, batch),
         notes="; ".join(str(n) for n in notes) if isinstance(notes, list) else ("" if notes is None else str(notes)),
     )
 
@@ -360,18 +382,23 @@ def speedup_figure(views: list[RowView], multi: bool) -> str | None:
 
 
 def throughput_figure(views: list[RowView], multi: bool) -> str | None:
-    """Items per second against batch size for every row measured at two or more batch sizes."""
-    chosen = [v for v in views if v.ok and len(v.throughput) >= 2]
+    """Items per second against batch size for every row measured at two or more batch sizes: the latency loop
+    (solid) and, when measured, the throughput mode with several requests in flight (dashed, same colour)."""
+    chosen = [v for v in views if v.ok and (len(v.throughput) >= 2 or len(v.async_throughput) >= 2)]
     if not chosen:
         return None
     fig = _new_figure(8.5, 4.8)
     ax = fig.add_subplot()
     for v in chosen:
-        batches = sorted(v.throughput)
-        ax.plot(
-            batches, [v.throughput[b] for b in batches], marker=_PRECISION_MARKERS.get(v.precision, "D"),
-            color=_RUNTIME_COLOURS.get(v.runtime), label=_short(v.name(multi), 48),
-        )
+        marker = _PRECISION_MARKERS.get(v.precision, "D")
+        colour = None
+        for series, style, suffix in ((v.throughput, "-", ""), (v.async_throughput, "--", " (async)")):
+            if len(series) < 2:
+                continue
+            batches = sorted(series)
+            (line,) = ax.plot(batches, [series[b] for b in batches], style, marker=marker, color=colour,
+                              label=_short(v.name(multi), 44) + suffix)
+            colour = line.get_color()
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
@@ -402,7 +429,7 @@ def _at(values: dict[int, float], batch: int | None, fmt: str) -> str:
 
 HTML_HEADERS = (
     "artifact", "runtime/device", "precision", "status", "size MB", "gzip MB", "load ms", "first inference ms",
-    "p50 ms", "p99 ms", "p50 95% CI ms", "items/s", "accuracy %", "Δacc pts", "top-1 agree %",
+    "p50 ms", "p99 ms", "p50 95% CI ms", "items/s", "async items/s", "accuracy %", "Δacc pts", "top-1 agree %",
     "speedup vs eager", "speedup vs fp32", "peak RSS MB", "energy J/inference", "notes",
 )
 
@@ -411,6 +438,7 @@ def _cells(v: RowView) -> list[str]:
     """Display cells in ``HTML_HEADERS`` order: the status column holds the state, its reason goes to notes."""
     b = v.batch
     best = max(v.throughput) if v.throughput else None
+    best_async = max(v.async_throughput) if v.async_throughput else None
     ci = v.ci.get(b) if b is not None else None
     failed = v.state == "failed"
     reason = v.status.split(":", 1)[1].strip() if ":" in v.status else ""
@@ -421,7 +449,7 @@ def _cells(v: RowView) -> list[str]:
         _f(v.load_ms, ".1f"), _f(v.first_ms, ".2f"),
         _at(v.p50, b, ".3f"), _at(v.p99, b, ".3f"),
         NA if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}",
-        _at(v.throughput, best, ",.0f"),
+        _at(v.throughput, best, ",.0f"), _at(v.async_throughput, best_async, ",.0f"),
         _f(None if v.accuracy is None else v.accuracy * 100, ".2f"),
         _f(None if v.drop is None else 0.0 - v.drop * 100 + 0.0, "+.2f"),
         _f(None if v.top1 is None else v.top1 * 100, ".2f"),
@@ -553,7 +581,8 @@ def render_html(report: Comparison | BenchResults) -> str:
         _figure_html("plot-size", "Size", sizes, "Bytes on disk, and after gzip -6 (what a download costs).",
                      "n/a: no artifact size recorded."),
         _figure_html("plot-throughput", "Throughput vs batch size", thr,
-                     "Items per second from the timed iterations at each batch size.",
+                     "Items per second at each batch size: solid from the timed latency loop, dashed from the "
+                     "throughput mode (several requests in flight) where it was measured.",
                      "n/a: no artifact was measured at two or more batch sizes."),
         '<section id="environment"><h2>Environment</h2>',
         "".join(_machine_block(run) for run in comparison.runs),
