@@ -145,7 +145,7 @@ class OnnxRuntimeConverter(Converter):
         if precision is Precision.INT8:
             details["quantized_ops"] = {
                 op: n for op, n in sorted(Counter(node.op_type for node in proto.graph.node).items())
-                if op in QUANTIZED_OPS or op.startswith("QLinear") or op.endswith("Integer")
+                if op in QUANTIZED_OPS or op.startswith("Q") or op.endswith("Integer")  # QLinearConv, QGemm…
             }
         if plan.record():
             details["lowering"] = plan.record()

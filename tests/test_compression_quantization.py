@@ -1,0 +1,311 @@
+"""Quantization steps: checked settings, and every setting changing the real artifact (ONNX Runtime, OpenVINO, NNCF).
+
+A tiny CNN trained for a few seconds on the embedded digits dataset; real quantizers, real runtimes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modelport.compression import CompressionData, StepStage, get_step
+from modelport.converters.onnx import export_onnx
+from modelport.converters.onnxruntime import OnnxRuntimeConverter
+from modelport.converters.openvino import OpenVinoConverter, float_operations
+from modelport.core.profiles import get_profile
+from modelport.core.types import Artifact, Precision
+from modelport.data.feeds import Feeds
+from modelport.errors import ConversionError, InputError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.flatten(1))
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Train single-threaded: on a shared 2-core machine torch's thread pool is ~5× slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from modelport.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits) -> TinyCNN:
+    from modelport.training import train
+
+    torch.manual_seed(0)
+    model = TinyCNN()
+    with _one_thread():
+        report = train(model, digits, epochs=6, lr=3e-3, progress=False)
+    assert report.test_accuracy > 0.9  # a real classifier, so accuracy drops mean something
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_art(trained, tmp_path_factory) -> Artifact:
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    return export_onnx(trained, {"input": torch.zeros(2, 1, 28, 28)}, path)
+
+
+@pytest.fixture(scope="module")
+def calibration(digits) -> Feeds:
+    return digits.calibration_feeds(64, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def validation(digits) -> Feeds:
+    return digits.eval_feeds(batch_size=60)
+
+
+def _lowering(step: str, **params) -> dict:
+    outcome = get_step(step, params).apply(TinyCNN(), CompressionData())
+    return outcome.lowering
+
+
+def _ort(onnx_art, calibration, tmp_path, name, precision=Precision.INT8, **params):
+    options = _lowering("quantize", **params)
+    out = OnnxRuntimeConverter().convert(
+        onnx_art, get_profile("legacy-cpu"), precision, calibration=calibration, out_dir=tmp_path / name,
+        options=options,
+    )
+    return out, onnx.load(str(out.path))
+
+
+def _ops(proto) -> Counter:
+    return Counter(n.op_type for n in proto.graph.node)
+
+
+def _accuracy_ort(path: Path, feeds: Feeds) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    correct = sum(int((sess.run(None, {name: b["input"]})[0].argmax(1) == y).sum()) for b, y in zip(feeds, feeds.labels))
+    return correct / feeds.num_samples
+
+
+def _accuracy_ov(xml: Path, feeds: Feeds) -> float:
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    correct = sum(int((compiled(b)[0].argmax(1) == y).sum()) for b, y in zip(feeds, feeds.labels))
+    return correct / feeds.num_samples
+
+
+# ------------------------------------------------------------------------------------------- parameter checks
+
+
+def test_lowering_dict_holds_only_given_settings_in_converter_keys():
+    step = get_step("quantize", {"quant_format": "QOperator", "calibrate_method": "MinMax", "reduce_range": True,
+                                 "ignored_scope": {"patterns": ["node_linear.*"]}})
+    assert step.stage is StepStage.LOWERING
+    model = TinyCNN()
+    outcome = step.apply(model, CompressionData())
+    assert outcome.model is model  # a lowering step leaves the module alone
+    assert outcome.lowering == {
+        "step": "quantize",
+        "precision": "int8",
+        "quantization": {"ignored_scope": {"patterns": ["node_linear.*"]}, "quant_format": "qoperator",
+                         "calibrate_method": "minmax", "reduce_range": True},
+    }
+    acc = get_step("quantize-accuracy", {"max_drop": 0.005, "preset": "mixed"}).apply(model, CompressionData())
+    assert acc.lowering["quantization"] == {"max_drop": 0.005, "drop_type": "absolute", "preset": "mixed"}
+    assert get_step("qat").stage is StepStage.MODEL
+
+
+@pytest.mark.parametrize(
+    ("step", "params", "words"),
+    [
+        ("quantize", {"quant_format": "qxd"}, "quant_format must be one of"),
+        ("quantize", {"precision": "int4"}, "precision must be one of"),
+        ("quantize", {"mode": "dynamic", "quant_format": "qdq"}, "static quantization only"),
+        ("quantize", {"mode": "dynamic", "calibrate_method": "entropy"}, "calibrate_method cannot apply"),
+        ("quantize", {"mode": "dynamic", "activation_type": "int8"}, "activation_type = 'int8'"),
+        ("quantize", {"precision": "fp16", "per_channel": True}, "per_channel: int8 settings"),
+        ("quantize", {"activation_type": "int8", "weight_type": "uint8"}, "no ONNX Runtime kernels"),
+        ("quantize", {"subset_size": 0}, "subset_size must be ≥ 1"),
+        ("quantize", {"subset_size": 2.5}, "subset_size must be"),
+        ("quantize", {"ignored_scope": {"name": ["x"]}}, "ignored_scope has no key 'name'"),
+        ("quantize", {"ignored_scope": {"patterns": ["("]}}, "not a regular expression"),
+        ("quantize", {"ignored_scope": {}}, "ignored_scope is empty"),
+        ("quantize", {"presets": "mixed"}, "has no parameter 'presets'"),
+        ("quantize-accuracy", {"max_drop": 1.0}, "max_drop must be in (0, 1)"),
+        ("quantize-accuracy", {"drop_type": "percent"}, "drop_type must be one of"),
+        ("qat", {"epochs": 0}, "epochs must be ≥ 1"),
+        ("qat", {"lr": 2.0}, "lr must be in (0, 1)"),
+    ],
+)
+def test_bad_settings_are_input_errors_naming_the_step(step, params, words):
+    with pytest.raises(InputError) as info:
+        get_step(step, params)
+    assert f"'{step}'" in info.value.message
+    assert words in info.value.message
+    assert info.value.fix
+
+
+# ------------------------------------------------------------------------------------------------ ONNX Runtime
+
+
+def test_ort_qdq_and_qoperator_write_different_graphs(onnx_art, calibration, tmp_path):
+    qdq, qdq_proto = _ort(onnx_art, calibration, tmp_path, "qdq", quant_format="qdq")
+    qop, qop_proto = _ort(onnx_art, calibration, tmp_path, "qop", quant_format="qoperator")
+    assert _ops(qdq_proto)["DequantizeLinear"] >= 3 and _ops(qdq_proto)["Conv"] == 2
+    assert "QLinearConv" not in _ops(qdq_proto)
+    assert _ops(qop_proto)["QLinearConv"] == 2 and "Conv" not in _ops(qop_proto)
+    assert qdq.details["format"] == "qdq" and qop.details["format"] == "qoperator"
+    assert qdq.details["lowering"]["settings"] == {"quant_format": "qdq"}
+
+
+def test_ort_per_channel_reduce_range_and_calibration_are_applied(onnx_art, calibration, tmp_path, digits):
+    per, per_proto = _ort(onnx_art, calibration, tmp_path, "pc", quant_format="qdq", per_channel=True,
+                          reduce_range=True, calibrate_method="entropy", subset_size=24)
+    flat, flat_proto = _ort(onnx_art, calibration, tmp_path, "pt", quant_format="qdq", per_channel=False)
+
+    def conv_weight_scales(proto):
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+        weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+        dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in weights]
+        return [inits[n.input[1]].shape for n in dq]
+
+    assert conv_weight_scales(per_proto) == [(8,), (16,)]  # one scale per output channel
+    assert conv_weight_scales(flat_proto) == [(), ()]
+    assert per.details["reduce_range"] is True and flat.details["reduce_range"] is True  # legacy-cpu's profile key
+    assert per.details["calibration_method"] == "entropy" and flat.details["calibration_method"] == "minmax"
+    assert per.details["calibration_samples"] == 24 and flat.details["calibration_samples"] == 64
+    # reduce_range: 7-bit weights, so every INT8 weight lies in [-64, 63]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in per_proto.graph.initializer}
+    q_weights = [inits[n.input[0]] for n in per_proto.graph.node
+                 if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+                 and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    assert q_weights and max(int(np.abs(w).max()) for w in q_weights) <= 64
+    assert _accuracy_ort(per.path, digits.eval_feeds(batch_size=90)) > 0.85
+
+
+def test_ort_ignored_scope_keeps_that_layer_fp32_and_dynamic_writes_integer_ops(onnx_art, calibration, tmp_path):
+    out, proto = _ort(onnx_art, calibration, tmp_path, "ign", quant_format="qoperator",
+                      ignored_scope={"types": ["Gemm"]})
+    assert _ops(proto)["Gemm"] == 1 and _ops(proto)["QLinearConv"] == 2
+    assert len(out.details["nodes_excluded"]) == 1
+    dyn, dproto = _ort(onnx_art, None, tmp_path, "dyn", mode="dynamic")
+    assert _ops(dproto)["ConvInteger"] == 2 and _ops(dproto)["DynamicQuantizeLinear"] >= 1
+    assert dyn.details["quantizer"] == "onnxruntime.quantization.quantize_dynamic"
+    with pytest.raises(ConversionError, match="matches no node"):
+        _ort(onnx_art, calibration, tmp_path, "bad", ignored_scope={"patterns": ["no_such_layer.*"]})
+
+
+def test_ort_refuses_accuracy_control_and_notes_other_runtime_or_precision(onnx_art, calibration, tmp_path):
+    with pytest.raises(ConversionError, match="OpenVINO-only"):
+        OnnxRuntimeConverter().convert(onnx_art, get_profile("legacy-cpu"), Precision.INT8, calibration=calibration,
+                                       out_dir=tmp_path / "acc", options=_lowering("quantize-accuracy"))
+    out, _ = _ort(onnx_art, calibration, tmp_path, "note", preset="mixed", quant_format="qdq")
+    assert out.details["lowering"]["notes"] == ["not applicable to onnxruntime, ignored: preset"]
+    fp32, _ = _ort(onnx_art, calibration, tmp_path, "fp32", precision=Precision.FP32, quant_format="qdq")
+    assert "were not applied to this fp32 artifact" in fp32.details["lowering"]["notes"][0]
+    assert "quantizer" not in fp32.details
+
+
+# ---------------------------------------------------------------------------------------------------- OpenVINO
+
+
+def test_openvino_ignored_scope_layer_stays_fp32_in_the_ir(onnx_art, calibration, tmp_path):
+    profile = get_profile("intel-cpu")
+    plain = OpenVinoConverter().convert(onnx_art, profile, Precision.INT8, calibration=calibration,
+                                        out_dir=tmp_path / "plain", options=_lowering("quantize", subset_size=16))
+    assert plain.details["fp32_operations"] == [] and plain.details["calibration_samples"] == 16
+    options = _lowering("quantize", preset="mixed", ignored_scope={"types": ["MatMul"]}, fast_bias_correction=False)
+    ir = OpenVinoConverter().convert(onnx_art, profile, Precision.INT8, calibration=calibration,
+                                     out_dir=tmp_path / "ign", options=options)
+    model = ov.Core().read_model(str(ir.path))
+    matmuls = sorted(op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul")
+    assert len(matmuls) == 1
+    assert float_operations(model) == matmuls == ir.details["fp32_operations"]  # read back from the saved IR
+    assert ir.details["nncf_preset"] == "mixed" and ir.details["fast_bias_correction"] is False
+    with pytest.raises(ConversionError, match="only ONNX Runtime"):
+        OpenVinoConverter().convert(onnx_art, profile, Precision.INT8, calibration=calibration,
+                                    out_dir=tmp_path / "dyn", options=_lowering("quantize", mode="dynamic"))
+    with pytest.raises(ConversionError, match="ignored_scope"):
+        OpenVinoConverter().convert(onnx_art, profile, Precision.INT8, calibration=calibration, out_dir=tmp_path / "x",
+                                    options=_lowering("quantize", ignored_scope={"names": ["no_such_op"]}))
+
+
+def test_accuracy_control_meets_max_drop_on_digits(onnx_art, calibration, validation, tmp_path):
+    options = {**_lowering("quantize-accuracy", max_drop=0.003), "validation_feeds": validation}
+    ir = OpenVinoConverter().convert(onnx_art, get_profile("intel-cpu"), Precision.INT8, calibration=calibration,
+                                     out_dir=tmp_path / "acc", options=options)
+    report = ir.details["accuracy_control"]
+    assert ir.details["quantizer"] == "nncf.quantize_with_accuracy_control"
+    assert report["met"] and report["drop"] <= 0.003 and report["validation_samples"] == validation.num_samples
+    # measured again here, on the IR as written: FP32 ONNX in OpenVINO vs the INT8 IR
+    fp32 = ov.Core().compile_model(ov.convert_model(str(onnx_art.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from modelport.converters.openvino import top1_metric
+
+    before = top1_metric(fp32, list(zip(validation.batches, validation.labels)))
+    assert before == pytest.approx(report["fp32_accuracy"])
+    assert before - _accuracy_ov(ir.path, validation) <= 0.003 + 1e-9
+    assert set(report["reverted_to_fp32"]) == set(ir.details["fp32_operations"])
+    with pytest.raises(ConversionError, match="labelled validation data"):
+        OpenVinoConverter().convert(onnx_art, get_profile("intel-cpu"), Precision.INT8, calibration=calibration,
+                                    out_dir=tmp_path / "nolab", options=_lowering("quantize-accuracy"))
+
+
+# ----------------------------------------------------------------------------------------------------------- QAT
+
+
+@pytest.mark.slow
+def test_qat_exports_qdq_and_lowers_at_int8_without_requantizing(trained, digits, calibration, tmp_path):
+    import copy
+
+    from modelport.training import evaluate_torch
+
+    fp32_accuracy = evaluate_torch(trained, digits)
+    step = get_step("qat", {"epochs": 1, "calibration_samples": 128})
+    with _one_thread():
+        outcome = step.apply(copy.deepcopy(trained), CompressionData(dataset=digits, max_seconds=60))
+    assert outcome.report["quantizers"] >= 4 and outcome.report["precisions"] == ["int8"]
+    art = export_onnx(outcome.model, {"input": torch.zeros(2, 1, 28, 28)}, tmp_path / "onnx" / "model.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(onnx.load(str(art.path))))
+    feeds = digits.eval_feeds(batch_size=90)
+    ir = OpenVinoConverter().convert(art, get_profile("intel-cpu"), Precision.INT8, calibration=calibration,
+                                     out_dir=tmp_path / "ov")
+    onx = OnnxRuntimeConverter().convert(art, get_profile("legacy-cpu"), Precision.INT8, calibration=calibration,
+                                         out_dir=tmp_path / "ort")
+    for out in (ir, onx):
+        assert out.details["quantizer"].startswith("none: the ONNX model is quantized already")
+    assert ir.details["fp32_operations"] == []  # every conv/matmul runs INT8
+    fp32_weight_bytes = 4 * sum(p.numel() for p in trained.parameters())
+    assert (ir.path.parent / "model.bin").stat().st_size < 0.4 * fp32_weight_bytes  # INT8 weights in the IR
+    assert _accuracy_ov(ir.path, feeds) >= fp32_accuracy - 0.02
+    assert _accuracy_ort(onx.path, feeds) >= fp32_accuracy - 0.02
+    with pytest.raises(ConversionError, match="int8 only"):
+        OpenVinoConverter().convert(art, get_profile("intel-cpu"), Precision.FP32, calibration=None,
+                                    out_dir=tmp_path / "f32")
+    with pytest.raises(ConversionError, match="quantize it a second time"):
+        OnnxRuntimeConverter().convert(art, get_profile("legacy-cpu"), Precision.INT8, calibration=calibration,
+                                       out_dir=tmp_path / "twice", options=_lowering("quantize", quant_format="qdq"))
