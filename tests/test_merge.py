@@ -13,7 +13,7 @@ import pytest
 
 from modelport.benchmark.environment import collect_environment
 from modelport.benchmark.html_report import HTML_HEADERS, render_html
-from modelport.benchmark.merge import MachineRun, merge, version_warnings, write_markdown
+from modelport.benchmark.merge import MachineRun, merge, version_warnings
 from modelport.benchmark.results import SCHEMA_VERSION, ArtifactResult, BenchResults
 from modelport.benchmark.timing import LatencyStats
 from modelport.cli import main
@@ -120,7 +120,7 @@ def test_unknown_schema_newer_version_and_bad_files_are_refused(tmp_path: Path, 
         merge([desktop], names=["a", "b"])
 
 
-def test_schema_version_difference_and_default_names() -> None:
+def test_schema_version_difference_warned_and_tensorrt_only_compared_where_present() -> None:
     base = {"schema": "modelport.results", "rows": [], "environment": {"packages": {"tensorrt": None}}}
     runs = [MachineRun("a", "a.json", {**base, "schema_version": 1}),
             MachineRun("b", "b.json", {**base, "schema_version": 2, "environment": {"packages": {"tensorrt": "10.3"}}})]
