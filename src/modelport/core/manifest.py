@@ -67,14 +67,19 @@ class Manifest:
         if not isinstance(arts, list):
             raise ManifestError("The manifest has no 'artifacts' list.", fix="regenerate it with 'modelport convert'.")
         pre = d.get("preprocessing")
-        return cls(
-            artifacts=[Artifact.from_dict(a, base_dir=base_dir) for a in arts],
-            model=dict(d.get("model") or {}),
-            dataset=dict(d.get("dataset") or {}),
-            preprocessing=None if pre is None else Preprocessing.from_dict(pre),
-            environment=dict(d.get("environment") or {}),
-            created=str(d.get("created", "")),
-        )
+        try:
+            return cls(
+                artifacts=[Artifact.from_dict(a, base_dir=base_dir) for a in arts],
+                model=dict(d.get("model") or {}),
+                dataset=dict(d.get("dataset") or {}),
+                preprocessing=None if pre is None else Preprocessing.from_dict(pre),
+                environment=dict(d.get("environment") or {}),
+                created=str(d.get("created", "")),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. "model": [1, 2]: a hostile or damaged file
+            raise ManifestError(
+                f"Malformed manifest: {type(exc).__name__}: {exc}.", fix="regenerate it with 'modelport convert'."
+            ) from exc
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
@@ -88,7 +93,7 @@ class Manifest:
             raise ManifestError(f"Manifest {path} is larger than 16 MiB; refusing to parse it.")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"Manifest {path} is not valid JSON: {exc}.", fix="regenerate it.") from exc
         manifest = cls.from_dict(data, base_dir=path.parent)
         root = path.parent.resolve()

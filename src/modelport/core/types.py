@@ -131,7 +131,7 @@ class Preprocessing:
                 scale=float(d.get("scale", 1.0 / 255.0)),
                 layout=str(d.get("layout", "NCHW")),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise ManifestError(f"Malformed preprocessing record {d!r}: {exc}.", fix="regenerate the manifest.") from exc
 
 
@@ -207,6 +207,8 @@ class Artifact:
     @classmethod
     def from_dict(cls, d: dict[str, Any], base_dir: Path | None = None) -> "Artifact":
         try:
+            if not isinstance(d["path"], str) or "\x00" in d["path"]:
+                raise ValueError(f"path {d['path']!r} is not a file name")
             path = Path(d["path"])
             if base_dir is not None and not path.is_absolute():
                 path = base_dir / path
@@ -231,7 +233,7 @@ class Artifact:
             )
         except ManifestError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ManifestError(
                 f"Malformed artifact record: {type(exc).__name__}: {exc}.",
                 fix="regenerate the folder with 'modelport convert'.",
