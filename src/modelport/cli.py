@@ -144,7 +144,7 @@ def convert_cmd(
     arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
     dataset: Annotated[str | None, typer.Option(help="Calibration/validation data (default: digits).")] = None,
     dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
-    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all'.")] = "all",
+    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all' (all but cpu-aoti/cuda-aoti: name those).")] = "all",
     precisions: Annotated[str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: each profile's own).")] = None,
     num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: read from the checkpoint).")] = None,
     in_channels: Annotated[int | None, typer.Option(min=1)] = None,
@@ -200,7 +200,7 @@ def compress_cmd(
     arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
     dataset: Annotated[str | None, typer.Option(help="Fine-tuning, calibration and validation data (default: digits).")] = None,
     dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
-    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all'.")] = "all",
+    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all' (all but cpu-aoti/cuda-aoti: name those).")] = "all",
     precisions: Annotated[
         str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: the recipe's quantize step, else each profile's own).")
     ] = None,

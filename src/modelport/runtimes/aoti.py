@@ -167,6 +167,8 @@ class AotiRuntime(Runtime):
         ok, why = aoti_availability("CPU")
         if not ok:
             return ok, why
+        build_ok, build_why = aoti_availability("CPU", compile=True)
+        why = build_why if build_ok else f"{why}; packages can run but not be built here: {build_why}"
         cuda_ok, cuda_why = aoti_availability("cuda")
         return True, why + ("" if cuda_ok else f"; CUDA packages cannot run here: {cuda_why}")
 
