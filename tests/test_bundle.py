@@ -189,13 +189,23 @@ def test_bundle_verifies_and_benchmarks_from_a_fresh_folder(
     assert {p.name for p in bundle.parent.iterdir()} == {bundle.name, f"{profile}-results"}  # nothing else written
 
 
-def test_folder_bundle_is_benchmarked_in_place_and_still_verifies(converted: Path, tmp_path: Path) -> None:
-    folder = pack(converted, profile="legacy-cpu", out=tmp_path / "legacy")
-    assert is_bundle(folder) and not is_bundle(converted)
-    results = bench(folder, config=FAST)
-    assert [r.status for r in results.rows] == ["ok", "ok"]
-    assert (folder / "results.json").is_file() and (folder / "results.md").is_file()
-    assert verify(folder).ok  # results written beside the bundle do not break its hashes
+def test_folder_bundles_are_benchmarked_in_place_and_merge_into_one_report(
+    converted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folders = {p: pack(converted, profile=p, out=tmp_path / p) for p in ("legacy-cpu", "intel-cpu")}
+    assert all(is_bundle(f) for f in folders.values()) and not is_bundle(converted)
+    for folder in folders.values():
+        results = bench(folder, config=FAST)
+        assert [r.status for r in results.rows] == ["ok", "ok"]
+        assert (folder / "results.json").is_file() and (folder / "results.md").is_file()
+        assert verify(folder).ok  # results written beside the bundle do not break its hashes
+    merged = tmp_path / "merged.md"
+    code, out = run_cli(["report", str(folders["legacy-cpu"] / "results.json"), str(folders["intel-cpu"] / "results.json"),
+                         "--name", "desktop", "--name", "laptop", "--md", str(merged)], capsys)
+    assert code == 0, out
+    text = merged.read_text()
+    for label in ("legacy-cpu/fp32", "legacy-cpu/int8", "intel-cpu/fp32", "intel-cpu/int8", "desktop", "laptop"):
+        assert label in text
 
 
 def test_standalone_run_py_needs_only_numpy_and_the_runtime(bundles: dict[str, Path], tmp_path: Path) -> None:
