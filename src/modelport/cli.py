@@ -295,7 +295,12 @@ def bench_cmd(
     with BenchProgress(err_console) as bars:
         results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=bars)
     render_table(results, console)
-    console.print(f"wrote {(out or folder) / 'results.json'}, results.csv, results.md, report.html")
+    where = out or folder
+    if out is None and folder.is_file():  # a bundle archive: results go beside it, not into it
+        from modelport.bundle.bench import default_out
+
+        where = default_out(folder)
+    console.print(f"wrote {where / 'results.json'}, results.csv, results.md, report.html")
 
 
 @app.command(name="report")
