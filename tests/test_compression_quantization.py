@@ -309,3 +309,51 @@ def test_qat_exports_qdq_and_lowers_at_int8_without_requantizing(trained, digits
     with pytest.raises(ConversionError, match="quantize it a second time"):
         OnnxRuntimeConverter().convert(art, get_profile("legacy-cpu"), Precision.INT8, calibration=calibration,
                                        out_dir=tmp_path / "twice", options=_lowering("quantize", quant_format="qdq"))
+
+
+# ------------------------------------------------------------------------------------------ through convert(recipe)
+
+
+def test_convert_with_quantize_recipes_records_settings_and_accuracy_control(trained, tmp_path):
+    from modelport.compression.recipe import Recipe
+    from modelport.core.manifest import Manifest
+    from modelport.pipeline import convert
+
+    common = {"example_inputs": {"input": torch.zeros(2, 1, 28, 28)}, "dataset": "digits",
+              "profiles": "intel-cpu,legacy-cpu", "calibration_size": 64}
+    ptq = Recipe.of("ptq", [("quantize", {"quant_format": "qdq", "preset": "mixed", "subset_size": 32})])
+    result = convert(trained, out=tmp_path / "ptq", recipe=ptq, **common)
+    rows = {a.profile: a for a in Manifest.read(result.out_dir).artifacts if a.profile}
+    assert {str(a.precision) for a in rows.values()} == {"int8"}  # the recipe's precision only
+    assert all(a.ok for a in rows.values()), [a.status_detail for a in rows.values()]
+    assert rows["intel-cpu"].details["nncf_preset"] == "mixed" and rows["intel-cpu"].details["calibration_samples"] == 32
+    assert rows["intel-cpu"].details["lowering"]["notes"] == ["not applicable to openvino, ignored: quant_format"]
+    assert rows["legacy-cpu"].details["format"] == "qdq"  # the step's setting beats the profile's qoperator
+    assert rows["legacy-cpu"].details["reduce_range"] is True  # not given: the profile's int8_reduce_range
+
+    acc = Recipe.of("acc", [("quantize-accuracy", {"max_drop": 0.01})])
+    result = convert(trained, out=tmp_path / "acc", recipe=acc, **common)
+    rows = {a.profile: a for a in Manifest.read(result.out_dir).artifacts if a.profile}
+    control = rows["intel-cpu"].details["accuracy_control"]
+    assert rows["intel-cpu"].ok and control["met"] and control["validation_samples"] == 256
+    assert not rows["legacy-cpu"].ok and "OpenVINO-only" in rows["legacy-cpu"].status_detail
+
+
+@pytest.mark.slow
+def test_convert_with_qat_recipe_validates_the_export_at_int8_and_lowers_int8_only(trained, tmp_path):
+    from modelport.compression.recipe import Recipe
+    from modelport.core.manifest import Manifest
+    from modelport.pipeline import convert
+
+    recipe = Recipe.of("qat", [("qat", {"epochs": 1, "calibration_samples": 64})])
+    with _one_thread():
+        result = convert(trained, out=tmp_path / "qat", recipe=recipe, example_inputs={"input": torch.zeros(2, 1, 28, 28)},
+                         dataset="digits", profiles="intel-cpu,legacy-cpu", calibration_size=64)
+    arts = Manifest.read(result.out_dir).artifacts
+    export = next(a for a in arts if a.profile is None and str(a.format) == "onnx")
+    assert export.ok and export.details["validation"]["precision"] == "int8"
+    lowered = [a for a in arts if a.profile]
+    assert sorted((a.profile, str(a.precision)) for a in lowered) == [("intel-cpu", "int8"), ("legacy-cpu", "int8")]
+    for a in lowered:
+        assert a.ok and a.details["quantizer"].startswith("none: the ONNX model is quantized already")
+        assert a.details["validation"]["accuracy_drop"] <= 0.02

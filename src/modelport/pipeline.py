@@ -321,7 +321,10 @@ def convert(
                 source.model, examples, stage / "onnx" / "model.onnx", output_names=output_names,
                 preprocessing=plan.preprocessing, parent_sha256=torch_art.sha256,
             )
-            onnx_art = validate_onnx(onnx_art, source.model, plan.validation, precision=Precision.FP32)
+            export_precision = _export_precision(compressed)
+            if export_precision is Precision.INT8 and wanted is None:
+                wanted = [Precision.INT8]  # a QAT model is quantized already: it lowers at int8 only
+            onnx_art = validate_onnx(onnx_art, source.model, plan.validation, precision=export_precision)
             onnx_art = onnx_art.replace(profile=None)
             artifacts.append(onnx_art)
             if not onnx_art.ok:
@@ -367,6 +370,16 @@ def convert(
 
 def _opt_path(p: str | Path | None) -> Path | None:
     return None if p is None else Path(p)
+
+
+def _export_precision(compressed: "CompressedModel | None") -> Precision:
+    """INT8 when a model step (QAT) left fake-quantizers that export as QuantizeLinear/DequantizeLinear: the ONNX
+    export is then compared with PyTorch at INT8 tolerances (the two round at slightly different points)."""
+    if compressed is not None and any(
+        (r.get("report") or {}).get("export_precision") == "int8" for r in compressed.reports
+    ):
+        return Precision.INT8
+    return Precision.FP32
 
 
 def _load_recipe(recipe: Any) -> "Recipe | None":
