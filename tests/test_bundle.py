@@ -178,6 +178,7 @@ def test_bundle_verifies_and_benchmarks_from_a_fresh_folder(
 
     code, out = run_cli(["bench", bundle.name, "--batch-sizes", "1,4", "--min-iters", "3", "--min-seconds", "0"], capsys)
     assert code == 0, out
+    assert f"{profile}-results/results.json" in out.replace("\n", "")
     results = BenchResults.read_json(bundle.parent / f"{profile}-results" / "results.json")
     assert [r.label for r in results.rows] == [f"{profile}/fp32", f"{profile}/int8"]
     assert all(r.ok for r in results.rows), [r.status for r in results.rows]
@@ -268,6 +269,9 @@ def test_hash_mismatch_is_reported_with_the_file_name(
     assert "fp32" not in report.failures()[0].detail
     code, out = run_cli(["verify", str(folder)], capsys)
     assert code == 1 and "intel-cpu/int8/model.bin: sha256 mismatch" in out
+    fp32, int8 = bench(folder, config=FAST).rows  # bench runs what is intact and names what is not
+    assert fp32.ok and int8.status == "failed: hash check: intel-cpu/int8/model.bin: sha256 mismatch " + (
+        report.failures()[0].detail.split("intel-cpu/int8/model.bin: sha256 mismatch ")[1])
     (folder / "samples.npz").unlink()
     assert "samples.npz: missing" in verify(folder).failures()[0].detail
     # bench refuses to run on unverifiable samples, naming them
@@ -292,11 +296,15 @@ def test_unknown_schema_and_hostile_paths_in_the_manifest(bundles: dict[str, Pat
     assert "not a clean path inside the bundle" in verify(folder).failures()[0].detail
 
 
-def test_fuzzed_model_is_an_invalid_model_and_the_bench_run_goes_on(bundles: dict[str, Path], tmp_path: Path) -> None:
-    """The int8 model is truncated and the manifest re-hashed: the hash check passes, the model itself is bad."""
+@pytest.mark.parametrize("damage", ["truncated", "fuzzed"])
+def test_fuzzed_model_is_an_invalid_model_and_the_bench_run_goes_on(
+    bundles: dict[str, Path], tmp_path: Path, damage: str
+) -> None:
+    """The int8 model is damaged and the manifest re-hashed: the hash check passes, the model itself is bad."""
     folder = _extract(bundles["legacy-cpu"], tmp_path / "b")
     model = folder / "legacy-cpu/int8/model.onnx"
-    model.write_bytes(model.read_bytes()[: model.stat().st_size // 3])
+    size = model.stat().st_size
+    model.write_bytes(model.read_bytes()[: size // 3] if damage == "truncated" else np.random.default_rng(0).bytes(size))
     _rehash(folder)
     results = bench(folder, config=FAST)
     fp32, int8 = results.rows

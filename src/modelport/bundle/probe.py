@@ -25,8 +25,8 @@ def probe_load(artifact: Artifact, runtime: str, device: str, *, timeout: float 
     payload = json.dumps({"artifact": artifact.to_dict(), "runtime": runtime, "device": device})
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "modelport.bundle.probe"], input=payload, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [sys.executable, "-P", "-m", "modelport.bundle.probe"],  # -P: never import from the working directory
+            input=payload, capture_output=True, text=True, timeout=timeout, check=False,
         )
     except subprocess.TimeoutExpired:
         return f"invalid model: loading {artifact.path.name} did not finish within {timeout:.0f} s"
