@@ -21,6 +21,7 @@ from modelport.converters.aoti import (
     SIDECAR_NAME,
     SIDECAR_SCHEMA,
     AotiConverter,
+    aoti_availability,
     check_sidecar,
     current_environment,
     sidecar_path,
@@ -35,6 +36,8 @@ from modelport.runtimes import get_runtime
 from conftest import make_linear_onnx
 
 HAS_CUDA = torch.cuda.is_available()
+CAN_BUILD, BUILD_WHY = aoti_availability("CPU", compile=True)
+needs_compiler = pytest.mark.skipif(not CAN_BUILD, reason=f"cannot build AOTInductor packages here: {BUILD_WHY}")
 FAST = BenchConfig(
     timing=TimingConfig(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.05), batch_sizes=(1, 8),
     eval_limit=128, threads=1,
@@ -204,6 +207,7 @@ def aoti_converted(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_cpu_package_is_built_validated_and_described(aoti_converted) -> None:
     result, _ = aoti_converted
     rows = _rows(result)
@@ -229,6 +233,7 @@ def test_cpu_package_is_built_validated_and_described(aoti_converted) -> None:
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_package_runs_any_batch_in_range_like_pytorch(aoti_converted) -> None:
     result, model = aoti_converted
     art = _rows(result)["cpu-aoti/fp32"]
@@ -251,6 +256,7 @@ def test_package_runs_any_batch_in_range_like_pytorch(aoti_converted) -> None:
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_copied_package_is_checked_against_its_sidecar(aoti_converted, tmp_path: Path) -> None:
     result, _ = aoti_converted
     art = _rows(result)["cpu-aoti/fp32"]
@@ -271,6 +277,7 @@ def test_copied_package_is_checked_against_its_sidecar(aoti_converted, tmp_path:
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_bench_measures_the_package(aoti_converted, tmp_path: Path) -> None:
     result, _ = aoti_converted
     results = bench(result, out=tmp_path / "bench", config=FAST, profiles="all")
@@ -296,6 +303,7 @@ class TwoHeads(torch.nn.Module):
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_python_api_module_with_named_inputs_and_dict_outputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TwoHeads().eval()
