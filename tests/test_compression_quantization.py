@@ -357,3 +357,15 @@ def test_convert_with_qat_recipe_validates_the_export_at_int8_and_lowers_int8_on
     for a in lowered:
         assert a.ok and a.details["quantizer"].startswith("none: the ONNX model is quantized already")
         assert a.details["validation"]["accuracy_drop"] <= 0.02
+
+
+def test_tensorrt_refuses_what_it_cannot_honour_before_writing(onnx_art, calibration, tmp_path):
+    from modelport.converters.tensorrt import TensorRtConverter
+
+    for options, words in ((_lowering("quantize-accuracy"), "not available for TensorRT"),
+                           (_lowering("quantize", mode="dynamic"), "Dynamic INT8")):
+        out = tmp_path / words.split()[0]
+        with pytest.raises(ConversionError, match=words):
+            TensorRtConverter().convert(onnx_art, get_profile("t4"), Precision.INT8, calibration=calibration,
+                                        out_dir=out, options=options)
+        assert not out.exists()
