@@ -489,3 +489,19 @@ def test_clustered_finetuning_keeps_weights_clustered(digits: ImageDataset, trai
         assert not torch.equal(weight, before)
         for value in torch.unique(before):
             assert torch.unique(weight[before == value]).numel() == 1
+
+
+def test_clustering_fit_on_a_sample_still_assigns_every_weight_to_its_nearest_mean() -> None:
+    reference = tiny().classifier[1].weight.detach().clone().flatten()
+    model = tiny()
+    get_step("cluster", {"clusters": 4, "max_samples": 64, "layers": ["classifier.1"]}).apply(model, data())
+    snapped = model.classifier[1].weight.detach().flatten()
+    centroids = torch.unique(snapped)
+    assert centroids.numel() == 4
+    nearest = centroids[(reference[:, None] - centroids[None, :]).abs().argmin(1)]
+    for c in centroids:  # each value is its members' mean, and its members are the weights nearest to it
+        members = reference[snapped == c]
+        assert float(members.mean()) == pytest.approx(float(c), abs=1e-6)
+        assert bool((nearest[snapped == c] == c).all())
+    with pytest.raises(InputError, match="'cluster': max_samples must be 0"):
+        get_step("cluster", {"clusters": 16, "max_samples": 8})

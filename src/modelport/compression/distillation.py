@@ -72,7 +72,10 @@ class Distillation(CompressionStep):
         p = self.params
         dataset = data.require_dataset(self.name)
         teacher = model
+        param = next(teacher.parameters(), None)
         student = self._student(teacher, dataset, data.seed)
+        if param is not None:
+            student.to(param.device)
         self._check_outputs(teacher, student, dataset)
         teacher_was_training = teacher.training
         teacher.eval()
@@ -124,7 +127,10 @@ class Distillation(CompressionStep):
     def _check_outputs(self, teacher: "nn.Module", student: "nn.Module", dataset: "ImageDataset") -> None:
         import torch
 
+        param = next(teacher.parameters(), None)
         x = torch.from_numpy(dataset.train_x[:2].copy())
+        if param is not None:
+            x = x.to(param.device)
         shapes = []
         for who, net in (("teacher", teacher), ("student", student)):
             was_training = net.training

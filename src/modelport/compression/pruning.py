@@ -299,6 +299,9 @@ class StructuredPruning(CompressionStep):
         if p.finetune_epochs:
             data.require_dataset(self.name)
         example = example_input(data, p.input_shape, self.name)
+        param = next(model.parameters(), None)
+        if param is not None:
+            example = example.to(device=param.device, dtype=param.dtype)
         classifier, out_shape = _classifier(model, example, self)
         report: dict[str, Any] = {"params_before": parameter_counts(model),
                                   "accuracy_before": accuracy(model, data, self.name)}
