@@ -361,7 +361,12 @@ class AotiConverter(Converter):
                 f"modelport builds AOTInductor packages at fp32 (and fp16 on CUDA), not {precision} on {kind}.",
                 fix="use precision fp32 for cpu-aoti; INT8 on CPU is what intel-cpu/legacy-cpu are for.",
             )
-        max_batch = int(profile.options.get("max_batch", DEFAULT_MAX_BATCH))
+        max_batch = profile.options.get("max_batch", DEFAULT_MAX_BATCH)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 2:
+            raise ConversionError(
+                f"Profile '{profile.name}' sets max_batch = {max_batch!r}; the dynamic batch axis needs an integer ≥ 2.",
+                fix="set max_batch to e.g. 256 in profiles.toml.",
+            )
         import copy
 
         import torch
