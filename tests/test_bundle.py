@@ -53,7 +53,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def converted(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("conv") / "artifacts"
     convert(checkpoint, arch=ARCH, out=out, profiles="legacy-cpu,intel-cpu", calibration_size=64)
-    bench(out, config=FAST, profiles="legacy-cpu,intel-cpu", include_reference=False)  # latency for the manifest
+    bench(out, config=FAST, profiles="intel-cpu", include_reference=False)  # latency for the intel-cpu manifest
     return out
 
 
@@ -156,6 +156,17 @@ def test_pack_refuses_what_it_cannot_ship(converted: Path, tmp_path: Path) -> No
     with pytest.raises(ManifestError, match=r"int8/model.onnx \(legacy-cpu/int8\) changed since conversion"):
         pack(tampered, profile="legacy-cpu", out=tmp_path / "never.tar.gz")
     assert not (tmp_path / "never.tar.gz").exists() and not list(tmp_path.glob(".never*"))
+    # a convert manifest naming companion files outside the artifact's folder is refused
+    hostile = tmp_path / "hostile"
+    shutil.copytree(converted, hostile)
+    data = json.loads((hostile / "manifest.json").read_text())
+    for art in data["artifacts"]:
+        if art["profile"] == "legacy-cpu":
+            art["files"].append("../../../../etc/passwd")
+    (hostile / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="not plain names"):
+        pack(hostile, profile="legacy-cpu", out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 # ------------------------------------------------------------------------------------------------ done means

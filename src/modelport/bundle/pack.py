@@ -125,6 +125,10 @@ def _select(manifest: Manifest, profile: str, folder: Path) -> list[Artifact]:
             fix="fix the conversion (or convert on a machine where the profile's runtime exists) and pack again.",
         )
     for art in usable:
+        odd = [n for n in art.files if n in ("", ".", "..") or Path(n).name != n]
+        if odd:
+            raise ManifestError(f"The convert manifest names artifact files that are not plain names: {odd}.",
+                                fix="refuse this folder; it may be hostile.")
         files = _files_of(art)
         for f in files:
             if f.is_symlink() or not f.is_file():
