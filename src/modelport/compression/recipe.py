@@ -160,10 +160,11 @@ class Recipe:
 
     @property
     def lowering_precision(self) -> str | None:
-        """The precision the lowering step asks for (its ``precision`` parameter, else ``int8``); None without one."""
+        """The precision the recipe's result lowers at: the lowering step's ``precision`` (default ``int8``), or
+        ``int8`` after quantization-aware training (its export is quantized already); None otherwise."""
         step = self.lowering_step
         if step is None:
-            return None
+            return "int8" if any(s.name == "qat" for s in self.steps) else None
         value = getattr(step.params, "precision", None)
         return str(value) if value else "int8"
 

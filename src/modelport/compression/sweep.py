@@ -67,7 +67,7 @@ _TOP_KEYS = frozenset({
 })
 _BENCH_KEYS = frozenset({
     "batch_sizes", "threads", "eval_limit", "warmup_iters", "warmup_seconds", "min_iters", "min_seconds",
-    "max_seconds", "eager",
+    "max_seconds", "eager", "isolate",
 })
 _VARIANT_KEYS = frozenset({"name", "description", "precisions", "recipe", "step"})
 NOT_SMALLER = "not smaller than baseline"
@@ -162,9 +162,11 @@ class Matrix:
 
         b = self.bench
         timing = TimingConfig(**{k: b[k] for k in ("warmup_iters", "warmup_seconds", "min_iters", "min_seconds", "max_seconds") if k in b})
+        # in-process by default: a model whose structure a recipe changed (structured pruning, low-rank) is
+        # registered in this process only, so an isolated child could not rebuild its eager reference
         return BenchConfig(
             timing=timing, batch_sizes=tuple(b.get("batch_sizes", (1, 32))), threads=b.get("threads"),
-            eval_limit=b.get("eval_limit"),
+            eval_limit=b.get("eval_limit"), isolate=bool(b.get("isolate", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -407,6 +409,22 @@ class SweepResult:
     created: str = ""
     seconds: float | None = None
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], out_dir: Path) -> "SweepResult":
+        """From a ``sweep.json`` read with ``read_sweep``; a malformed file is an ``InputError``."""
+        try:
+            return cls._from_dict(data, out_dir)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"Malformed sweep results: {type(exc).__name__}: {exc}.", fix="run the sweep again.") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], out_dir: Path) -> "SweepResult":
+        return cls(
+            out_dir=Path(out_dir), matrix=dict(data["matrix"]), rows=[SweepRow(**r) for r in data["rows"]],
+            environment=dict(data.get("environment") or {}), config=dict(data.get("config") or {}),
+            training=dict(data.get("training") or {}), created=str(data.get("created", "")), seconds=data.get("seconds"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -534,7 +552,7 @@ def _run_variant(
             profiles=list(m.profiles), precisions=list(variant.precisions) if variant.precisions else None,
             calibration_size=m.calibration_size, seed=m.seed, recipe=recipe, compression_seconds=m.compression_seconds,
         )
-        results = bench(conv, config=config, include_reference=bool(m.bench.get("eager", True)))
+        results = bench(conv, config=config, include_reference=_times_eager(m, variant, recipe))
     except ModelportError as exc:
         say(f"  failed: {exc.message}")
         return [
@@ -554,6 +572,14 @@ def _run_variant(
             continue  # the ONNX export row: the profiles' rows are what is deployed
         rows.append(_row(arch, variant.name, summary, profile, folder, r, counts))
     return rows
+
+
+def _times_eager(m: Matrix, variant: Variant, recipe: Recipe | None) -> bool:
+    """Eager PyTorch rows for the baseline and for variants that change the model; an INT8-only variant's eager
+    model is the baseline's, so timing it again would only add a duplicate row."""
+    if not m.bench.get("eager", True):
+        return False
+    return variant.name == BASELINE or (recipe is not None and bool(recipe.model_steps))
 
 
 def _row(arch: str, variant: str, summary: str, profile: str, folder: str, r: "ArtifactResult",
