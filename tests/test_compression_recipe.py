@@ -321,3 +321,31 @@ def test_cli_compress_and_bad_recipe(mnist_ckpt: Path, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert info.value.code == 2 and "step 1 (prune)" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_prune_then_quantize_reaches_the_onnxruntime_converter(mnist_ckpt: Path, tmp_path: Path) -> None:
+    """The lowering step's settings (QDQ instead of the profile's QOperator) reach ONNX Runtime's quantizer, and a
+    recipe ending in quantize lowers at int8 only."""
+    import onnx
+
+    from modelport.core.types import Precision, Status
+    from modelport.pipeline import convert
+
+    recipe = Recipe.from_text(
+        'name = "prune-int8"\n[[step]]\nmethod = "prune"\nsparsity = 0.5\n'
+        '[[step]]\nmethod = "quantize"\nquant_format = "qdq"\nper_channel = true\n'
+    )
+    assert recipe.lowering_precision == "int8"
+    result = convert(mnist_ckpt, arch="simple-mnist", out=tmp_path / "out", profiles="legacy-cpu", recipe=recipe,
+                     calibration_size=32)
+    lowered = [a for a in result.artifacts if a.profile == "legacy-cpu"]
+    assert [a.precision for a in lowered] == [Precision.INT8]
+    art = lowered[0]
+    assert art.status is Status.VALIDATED, art.status_text
+    ops = {n.op_type for n in onnx.load(str(art.path)).graph.node}
+    assert "QuantizeLinear" in ops and "QLinearConv" not in ops  # QDQ, not the profile's QOperator default
+    assert art.details["lowering"]["settings"] == {"quant_format": "qdq", "per_channel": True}
+    manifest = json.loads((result.out_dir / "manifest.json").read_text())
+    assert manifest["model"]["recipe"]["lowering"]["quantization"] == {"quant_format": "qdq", "per_channel": True}
+    assert [s["step"] for s in art.recipe] == ["prune", "quantize"]
