@@ -369,3 +369,16 @@ def test_tensorrt_refuses_what_it_cannot_honour_before_writing(onnx_art, calibra
             TensorRtConverter().convert(onnx_art, get_profile("t4"), Precision.INT8, calibration=calibration,
                                         out_dir=out, options=options)
         assert not out.exists()
+
+
+def test_qat_needs_data_and_refuses_a_model_quantized_already(digits):
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    with pytest.raises(InputError, match="'qat' needs training data"):
+        get_step("qat").apply(TinyCNN(), CompressionData())
+    import nncf
+
+    quantized = nncf.quantize(TinyCNN(), nncf.Dataset([torch.from_numpy(digits.train_x[:8])]), subset_size=1)
+    assert any(isinstance(m, BaseQuantizer) for m in quantized.modules())
+    with pytest.raises(InputError, match="fake-quantizers already"):
+        get_step("qat").apply(quantized, CompressionData(dataset=digits))

@@ -307,6 +307,12 @@ class QuantizationAwareTraining(CompressionStep):
 
         p: QatParams = self.params
         dataset = data.require_dataset(self.name)
+        if _count_quantizers(model):
+            raise self.error(
+                "the model has NNCF fake-quantizers already (an earlier qat step); quantizing it again would stack "
+                "a second set.",
+                fix="keep one qat step in the recipe (raise its epochs for more fine-tuning).",
+            )
         start = time.perf_counter()
         model = model.cpu().eval()
         fp32_accuracy = evaluate_torch(model, dataset)
@@ -327,8 +333,13 @@ class QuantizationAwareTraining(CompressionStep):
         try:
             quantized = nncf.quantize(model, nncf.Dataset(batches), **kwargs)
         except nncf.ValidationError as exc:
-            raise self.error(f"NNCF rejected the ignored_scope: {str(exc).splitlines()[0]}",
+            raise self.error(f"NNCF rejected the ignored_scope: {first_line(exc)}",
                              fix="use names from NNCF's torch graph, e.g. patterns = ['classifier.*'].") from exc
+        except Exception as exc:  # a model NNCF cannot trace or quantize: the step's error, not a traceback
+            raise self.error(
+                f"NNCF could not insert fake-quantizers into the model: {first_line(exc)}",
+                fix="check the model runs on the dataset's inputs.",
+            ) from exc
         ptq_accuracy = evaluate_torch(quantized, dataset)
         budget = None
         if data.max_seconds is not None:
@@ -355,6 +366,17 @@ class QuantizationAwareTraining(CompressionStep):
                 "precisions": ["int8"],
             },
         )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (NNCF's start with a blank line)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _count_quantizers(model: "nn.Module") -> int:
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    return sum(isinstance(m, BaseQuantizer) for m in model.modules())
 
 
 def _export_as_qdq(model: "nn.Module") -> int:

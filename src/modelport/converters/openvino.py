@@ -236,7 +236,8 @@ def _quantise(
     except nncf.ValidationError as exc:  # an ignored_scope entry that matches nothing
         names = sorted(op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in WEIGHTED_OPS)
         raise ConversionError(
-            f"Step '{plan.step or 'quantize'}': NNCF rejected the ignored_scope: {str(exc).splitlines()[0]}",
+            f"Step '{plan.step or 'quantize'}': NNCF rejected the ignored_scope: "
+            f"{next((x.strip() for x in str(exc).splitlines() if x.strip()), 'no match')}",
             fix=f"use OpenVINO operation names or patterns; the weighted layers here are {', '.join(names)}.",
         ) from exc
     except Exception as exc:
