@@ -211,6 +211,8 @@ def test_folder_bundles_are_benchmarked_in_place_and_merge_into_one_report(
         assert [r.status for r in results.rows] == ["ok", "ok"]
         assert (folder / "results.json").is_file() and (folder / "results.md").is_file()
         assert verify(folder).ok  # results written beside the bundle do not break its hashes
+    with pytest.raises(InputError, match="holds the 'intel-cpu' profile only"):
+        bench(folders["intel-cpu"], config=FAST, profiles="legacy-cpu")
     merged = tmp_path / "merged.md"
     code, out = run_cli(["report", str(folders["legacy-cpu"] / "results.json"), str(folders["intel-cpu"] / "results.json"),
                          "--name", "desktop", "--name", "laptop", "--md", str(merged)], capsys)

@@ -706,7 +706,7 @@ def bench(
         if is_bundle(source):  # a device bundle (folder or .tar.gz): benchmarked in place with its bundled samples
             from modelport.bundle.bench import bench_bundle
 
-            return bench_bundle(source, out=out, config=config, progress=progress)
+            return bench_bundle(source, out=out, config=config, profiles=profiles, progress=progress)
     folder = source.out_dir if isinstance(source, ConversionResult) else Path(source)
     manifest = Manifest.read(folder)
     folder = folder if folder.is_dir() else folder.parent

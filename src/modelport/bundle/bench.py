@@ -47,9 +47,13 @@ def bench_bundle(
     out: str | Path | None = None,
     config: "BenchConfig | None" = None,
     device: str | None = None,
+    profiles: str | list[str] | None = None,
     progress: Progress | None = None,
 ) -> "BenchResults":
-    """Benchmark every artifact of ``bundle`` (folder, or ``.tar.gz`` unpacked safely to a temporary folder)."""
+    """Benchmark every artifact of ``bundle`` (folder, or ``.tar.gz`` unpacked safely to a temporary folder).
+
+    ``profiles`` (as for a convert folder) must include the bundle's profile when given: a bundle holds one.
+    """
     from modelport.benchmark.report import warnings_for, write_csv, write_markdown
     from modelport.benchmark.results import ArtifactResult, BenchResults
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
@@ -63,6 +67,7 @@ def bench_bundle(
     out_dir = Path(out) if out is not None else default_out(bundle)
     with opened_bundle(bundle) as folder:
         manifest = BundleManifest.read(folder)
+        _check_profiles(profiles, manifest.profile_name)
         problems = file_problems(manifest)
         samples_rel = str(manifest.samples.get("path") or "samples.npz")
         bad_samples = [p for p in problems if p.startswith(samples_rel + ":")]
@@ -131,6 +136,20 @@ def bench_bundle(
 
         write_html(results, out_dir / "report.html")
     return results
+
+
+def _check_profiles(profiles: str | list[str] | None, bundled: str) -> None:
+    from modelport.core.profiles import parse_profile_list
+    from modelport.errors import InputError
+
+    if profiles in (None, "all", ["all"]):
+        return
+    names = [p.name for p in parse_profile_list(profiles)]
+    if bundled not in names:
+        raise InputError(
+            f"This bundle holds the '{bundled}' profile only, not {', '.join(names)}.",
+            fix=f"leave out --profiles, or pass --profiles {bundled}.",
+        )
 
 
 def _artifact_problems(art, folder: Path, problems: list[str]) -> list[str]:
