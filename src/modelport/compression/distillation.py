@@ -1,7 +1,8 @@
 """Knowledge distillation: the incoming model teaches a smaller student, which the step returns.
 
-Loss (Hinton et al. 2015): ``alpha · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − alpha) · CE(student, y)``;
-the T² keeps the soft-target gradients on the scale of the hard-label ones. The student is a registry architecture
+Loss (Hinton et al. 2015):
+``alpha · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − alpha) · CE(student, y)``; the T² keeps the
+soft-target gradients on the scale of the hard-label ones. The student is a registry architecture
 (``simple-mnist-student``) or the teacher's own architecture at a width multiplier (``SimpleCNN``/MLP families).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from modelport.compression.base import CompressionData, CompressionStep, StepOutcome
 from modelport.compression.finetune import Budget, accuracy, check_training, fit, parameter_counts

@@ -248,9 +248,10 @@ def _classifier(model: "nn.Module", example: "torch.Tensor", step: CompressionSt
         with torch.no_grad():
             out = model(example)
     except RuntimeError as exc:
-        raise step.error(f"the model does not run on an input of shape {tuple(example.shape)}: "
-                         f"{str(exc).splitlines()[0]}",
-                         fix="pass input_shape = [channels, height, width] matching the model, or its dataset.") from exc
+        raise step.error(
+            f"the model does not run on an input of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}",
+            fix="pass input_shape = [channels, height, width] matching the model, or its dataset.",
+        ) from exc
     finally:
         for h in handles:
             h.remove()
@@ -322,6 +323,7 @@ class StructuredPruning(CompressionStep):
                                  fix="remove it from layers (or from ignore).")
             ignored |= set(prunable) - wanted
         importance = tp.importance.GroupMagnitudeImportance(p=1 if p.importance == "l1" else 2)
+        pruned.eval()  # trace without touching BatchNorm statistics (and without batch-1 BatchNorm errors)
         try:
             pruner = tp.pruner.MetaPruner(
                 pruned, example, importance=importance, pruning_ratio=p.ratio, global_pruning=p.scope == "global",
@@ -334,6 +336,7 @@ class StructuredPruning(CompressionStep):
                 from exc
         after = {n: _channels(m) for n, m in prunable.items()}
         self._check_result(pruned, example, out_shape, wanted, before, after, lambda n: _coupled(pruner, prunable, n))
+        pruned.train(model.training)
         report["accuracy_pruned"] = accuracy(pruned, data, self.name)
         if p.finetune_epochs:
             fit = finetune(pruned, data, self.name, epochs=p.finetune_epochs, lr=p.lr, batch_size=p.batch_size,
