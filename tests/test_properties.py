@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modelport.bundle.manifest import BundleManifest
@@ -202,6 +202,9 @@ member_names = st.one_of(
 @given(members=st.lists(st.tuples(member_names, st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
                                                                   tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE])),
                         max_size=5))
+@example(members=[("../evil", tarfile.REGTYPE)])
+@example(members=[("a", tarfile.SYMTYPE), ("a/evil", tarfile.REGTYPE)])
+@example(members=[("a", tarfile.REGTYPE), ("a/evil", tarfile.REGTYPE)])
 def test_random_tar_structure_never_writes_outside(tmp_path_factory: pytest.TempPathFactory, members: list) -> None:
     root = tmp_path_factory.mktemp("tar")
     archive = root / "b.tar.gz"
@@ -217,7 +220,7 @@ def test_random_tar_structure_never_writes_outside(tmp_path_factory: pytest.Temp
         written = safe_extract(archive, dest)
     except ModelportError:
         written = []
-    outside = [p for p in root.rglob("*") if p != archive and not p.is_relative_to(root / "inside")]
+    outside = [p for p in root.rglob("*") if p not in (archive, root / "inside") and not p.is_relative_to(dest)]
     assert outside == []
     for p in (root / "inside").rglob("*"):
         assert not p.is_symlink() and (p.is_file() or p.is_dir())
