@@ -151,3 +151,36 @@ def test_make_feed_and_fixed_batch() -> None:
     assert fixed_batch(specs) is None and fixed_batch((TensorSpec("x", (4, CLASSES)),)) == 4
     with pytest.raises(InputError):
         BenchConfig(batch_sizes=(0,))
+
+
+def test_rows_record_settings_energy_and_bound_timing(tmp_path: Path, linear_onnx: LinearModel) -> None:
+    zone = tmp_path / "powercap" / "intel-rapl:0"
+    zone.mkdir(parents=True)
+    (zone / "energy_uj").write_text("1000\n")  # a fake counter that does not move: 0 J, but the readable path runs
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    readable = _bench(artifact_for(linear_onnx.path), powercap_root=str(tmp_path / "powercap"))
+    assert readable.status == "ok"
+    assert readable.energy[1]["status"] == "ok" and readable.energy[1]["joules_per_inference"] == 0.0
+    assert readable.energy[8]["source"] == "intel-rapl:0"
+    absent = _bench(artifact_for(linear_onnx.path), powercap_root=str(tmp_path / "none"))
+    assert absent.energy[1]["status"] == "n/a (no counters)"
+    assert absent.settings["threads_requested"] == 1
+    assert absent.settings["runtime"]["intra_op_num_threads"] == 1
+    assert absent.settings["affinity"]["cpus"] and isinstance(absent.settings["affinity"]["restricted"], bool)
+    for stats in absent.latency.values():
+        assert stats.warmup_n >= 2
+    back = type(absent).from_dict(absent.to_dict())
+    assert back.energy == absent.energy and back.settings == absent.settings
+
+
+def test_old_rows_without_new_fields_still_read(linear_onnx: LinearModel) -> None:
+    d = _bench(artifact_for(linear_onnx.path), batch_sizes=(1,)).to_dict()
+    for key in ("async_throughput", "energy", "settings", "isolation"):
+        d.pop(key)
+    for stats in d["latency"].values():
+        stats.pop("warmup_n")
+        stats.pop("high_cv")
+    from modelport.benchmark.results import ArtifactResult
+
+    row = ArtifactResult.from_dict(d)
+    assert row.energy == {} and row.async_throughput == {} and row.latency[1].warmup_n is None

@@ -117,3 +117,13 @@ def test_config_rejects_nonsense() -> None:
         TimingConfig(min_seconds=5.0, max_seconds=1.0)
     cfg = TimingConfig(min_iters=3)
     assert TimingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_high_cv_flag_and_warmup_count_are_recorded() -> None:
+    steady = LatencyStats.from_samples_ns([1_000_000] * 20, warmup_n=3)
+    assert not steady.high_cv and steady.to_dict()["high_cv"] is False and steady.warmup_n == 3
+    noisy = LatencyStats.from_samples_ns([1_000_000, 3_000_000] * 10)
+    assert noisy.cv > 0.1 and noisy.high_cv and noisy.to_dict()["high_cv"] is True
+    assert LatencyStats.from_dict(noisy.to_dict()) == noisy
+    stats = measure(Sleeper(0.0), TimingConfig(warmup_iters=4, warmup_seconds=0.0, min_iters=3, min_seconds=0.0))
+    assert stats.warmup_n == 4

@@ -110,8 +110,8 @@ class OpenVinoSession(Session):
         compiled = self._core.compile_model(self._core.read_model(str(self.artifact.path)), self.device, config)
         nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = ov.AsyncInferQueue(compiled, nireq)
-        latencies: list[float] = []
-        queue.set_callback(lambda request, _userdata: latencies.append(request.latency))
+        # no Python completion callback: it needs the GIL on OpenVINO's threads, which slows the queue and was
+        # seen to deadlock when the queue was destroyed under pytest
         feed = {name: np.ascontiguousarray(arr) for name, arr in feed.items()}
         for i in range(len(queue)):
             _set_inputs(queue[i], compiled, feed)
@@ -120,7 +120,6 @@ class OpenVinoSession(Session):
         while clock() < end:
             queue.start_async()
         queue.wait_all()
-        latencies.clear()
         started = 0
         t0 = clock()
         end = t0 + int(seconds * 1e9)
@@ -129,11 +128,12 @@ class OpenVinoSession(Session):
             started += 1
         queue.wait_all()
         elapsed = (clock() - t0) / 1e9
+        del queue
         settings = _read_properties(compiled)
         settings["infer_requests"] = nireq
         return {
             "completed": started, "seconds": elapsed, "streams": settings.get("NUM_STREAMS"),
-            "requests": nireq, "request_latency_ms_p50": float(np.median(latencies)) if latencies else None,
+            "requests": nireq, "request_latency_ms_p50": None,
             "settings": settings, "engine": "openvino AsyncInferQueue (THROUGHPUT hint)",
         }
 
