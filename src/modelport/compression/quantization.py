@@ -55,9 +55,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "drop_type": DROP_TYPES,
     "precision": ("int8", "fp16"),
 }
-_NNCF_SETTINGS = ("preset", "ignored_scope", "subset_size", "fast_bias_correction", "model_type")
-_ORT_SETTINGS = ("mode", "quant_format", "calibrate_method", "per_channel", "reduce_range", "activation_type",
-                 "weight_type")
 
 
 def _normalise(params: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +110,7 @@ class _QuantStep(CompressionStep):
             except re.error as exc:
                 raise self.error(
                     f"ignored_scope pattern {pattern!r} is not a regular expression ({exc}).",
-                    fix="escape special characters, e.g. 'node_linear_1\\\\..*' or 'node_linear_1.*'.",
+                    fix="write a Python regular expression (full match), e.g. 'node_linear_1.*'.",
                 ) from None
         if not any(scope.get(k) for k in SCOPE_KEYS):
             raise self.error("ignored_scope is empty.", fix="give names, patterns or types, or leave it out.")
