@@ -166,8 +166,14 @@ def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, refe
     return True, figures
 
 
-def verify(bundle: str | Path, *, device: str | None = None, threads: int | None = None) -> VerifyReport:
-    """Check ``bundle`` (folder or ``.tar.gz``) on this machine; never raises for a bad bundle (see the report)."""
+def verify(
+    bundle: str | Path, *, device: str | None = None, threads: int | None = None, isolate: bool = True
+) -> VerifyReport:
+    """Check ``bundle`` (folder or ``.tar.gz``) on this machine; never raises for a bad bundle (see the report).
+
+    ``isolate``: load each artifact in a child process first (``probe``), so a model that crashes its runtime's
+    loader fails its check instead of killing this process.
+    """
     from modelport.bundle import opened_bundle
 
     report = VerifyReport(bundle=str(bundle))
@@ -175,13 +181,15 @@ def verify(bundle: str | Path, *, device: str | None = None, threads: int | None
         with opened_bundle(bundle) as folder:
             if not Path(bundle).is_dir():
                 report.add("archive", True, "unpacked safely (no links, devices, absolute or '..' paths)")
-            _verify_folder(folder, report, device, threads)
+            _verify_folder(folder, report, device, threads, isolate)
     except ModelportError as exc:
         report.add("archive" if not Path(bundle).is_dir() else "bundle", False, str(exc))
     return report
 
 
-def _verify_folder(folder: Path, report: VerifyReport, device: str | None, threads: int | None) -> None:
+def _verify_folder(
+    folder: Path, report: VerifyReport, device: str | None, threads: int | None, isolate: bool
+) -> None:
     try:
         manifest = BundleManifest.read(folder)
     except ModelportError as exc:
@@ -209,6 +217,13 @@ def _verify_folder(folder: Path, report: VerifyReport, device: str | None, threa
         return
     for art in manifest.artifacts:
         name = f"smoke {manifest.profile_name}/{art.precision}"
+        if isolate:
+            from modelport.bundle.probe import probe_load
+
+            reason = probe_load(art, manifest.profile["runtime"], device)
+            if reason is not None:
+                report.add(name, False, reason)
+                continue
         try:
             ok, detail = smoke(art, manifest, device, feeds, reference, labels, threads)
         except ModelportError as exc:
