@@ -299,6 +299,8 @@ def test_qat_exports_qdq_and_lowers_at_int8_without_requantizing(trained, digits
     for out in (ir, onx):
         assert out.details["quantizer"].startswith("none: the ONNX model is quantized already")
     assert ir.details["fp32_operations"] == []  # every conv/matmul runs INT8
+    # NNCF quantizes fc's input before Flatten: ONNX Runtime gets a lossless Q/DQ pair in front of fc
+    assert len(onx.details["qdq_completed"]) == 1 and onx.details["quantized_ops"]["QLinearConv"] == 2
     fp32_weight_bytes = 4 * sum(p.numel() for p in trained.parameters())
     assert (ir.path.parent / "model.bin").stat().st_size < 0.4 * fp32_weight_bytes  # INT8 weights in the IR
     assert _accuracy_ov(ir.path, feeds) >= fp32_accuracy - 0.02
@@ -382,3 +384,42 @@ def test_qat_needs_data_and_refuses_a_model_quantized_already(digits):
     assert any(isinstance(m, BaseQuantizer) for m in quantized.modules())
     with pytest.raises(InputError, match="fake-quantizers already"):
         get_step("qat").apply(quantized, CompressionData(dataset=digits))
+
+
+def test_complete_qdq_is_lossless_and_lets_onnx_runtime_quantize_the_gemm(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelport.converters.onnxruntime import complete_qdq
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(8, 4 * 2 * 2), dtype=np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "zp"),
+        numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.full(8, 0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "wzp"), numpy_helper.from_array(np.array(0.1, np.float32), "os"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+        helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["wd"], axis=0),
+        helper.make_node("Gemm", ["f", "wd"], ["g"], transB=1, name="fc"),
+        helper.make_node("QuantizeLinear", ["g", "os", "zp"], ["gq"]),
+        helper.make_node("DequantizeLinear", ["gq", "os", "zp"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "src.onnx"))
+    assert complete_qdq(tmp_path / "src.onnx", tmp_path / "done.onnx") == ["fc"]
+    x = rng.standard_normal((16, 4, 4, 4)).astype(np.float32)
+    outs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for f in ("src.onnx", "done.onnx")]
+    np.testing.assert_array_equal(outs[0], outs[1])  # the added pair changes no value
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "done.onnx"), opts, providers=["CPUExecutionProvider"])
+    assert "QGemm" in _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    assert complete_qdq(tmp_path / "done.onnx", tmp_path / "again.onnx") == []  # nothing left to complete

@@ -122,10 +122,12 @@ class OnnxRuntimeConverter(Converter):
                     details["optimization"] = "extended"
                 elif precision is Precision.INT8 and prequantized:
                     # QAT export: the QuantizeLinear/DequantizeLinear pairs carry the scales; ORT fuses them at load
-                    _optimise(source, tmp)
+                    completed = complete_qdq(source, work / "completed.onnx")
+                    _optimise(work / "completed.onnx" if completed else source, tmp)
                     details.update({
                         "quantizer": "none: the ONNX model is quantized already",
                         "source_quantization": prequantized,
+                        "qdq_completed": completed,
                         "optimization": "extended",
                     })
                 elif precision is Precision.INT8:
@@ -307,6 +309,58 @@ def _quantise(
     }
 
 
+# Operators that only move or select values: a quantized tensor stays on its quantization grid through them.
+_GRID_PRESERVING = frozenset({"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def complete_qdq(source: Path, dest: Path) -> list[str]:
+    """Give each Conv/Gemm/MatMul whose weight is dequantized, but whose input reaches it from a DequantizeLinear
+    only through MaxPool/Flatten/Reshape-like operators, its own QuantizeLinear/DequantizeLinear pair with the same
+    scale; writes ``dest`` and returns the layers changed (empty: nothing written).
+
+    Why: NNCF's QAT export places activation quantizers before pooling and flattening (right for OpenVINO, which
+    propagates them), and ONNX Runtime then runs such a layer in FP32. The pair is lossless: those operators keep
+    values on the grid, so quantizing again with the same scale and zero point returns them unchanged.
+    """
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(source))
+    nodes = list(proto.graph.node)
+    producers = {out: n for n in nodes for out in n.output}
+    changed: list[str] = []
+    for node in list(nodes):
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        weight = producers.get(node.input[1])
+        first = producers.get(node.input[0])
+        if weight is None or weight.op_type != "DequantizeLinear" or first is None:
+            continue
+        if first.op_type == "DequantizeLinear":
+            continue
+        cur: Any = first
+        while cur is not None and cur.op_type in _GRID_PRESERVING:
+            cur = producers.get(cur.input[0])
+        if cur is None or cur.op_type != "DequantizeLinear":
+            continue
+        value = node.input[0]
+        tag = f"{node.name or value}/completed"
+        axis = [a for a in cur.attribute if a.name == "axis"]
+        q = helper.make_node("QuantizeLinear", [value, *cur.input[1:]], [f"{tag}_q"], name=f"{tag}_q")
+        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", *cur.input[1:]], [f"{tag}_dq"], name=f"{tag}_dq")
+        q.attribute.extend(axis)
+        dq.attribute.extend(axis)
+        node.input[0] = f"{tag}_dq"
+        at = nodes.index(node)
+        nodes[at:at] = [q, dq]
+        changed.append(node.name or value)
+    if changed:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        onnx.save(proto, str(dest))
+    return changed
+
+
 def _static_batch_copy(source: Path, dest: Path, batch: int) -> Path:
     """A copy of the model with the batch dimension (axis 0 of every input and output) fixed to ``batch``."""
     import onnx
@@ -338,4 +392,4 @@ def fix_batch_dim(proto: "onnx.ModelProto", batch: int) -> None:
     del proto.graph.value_info[:]  # stale symbolic shapes; ONNX Runtime re-infers them
 
 
-__all__ = ["CALIBRATION_METHODS", "INT8_FORMATS", "OnnxRuntimeConverter", "fix_batch_dim"]
+__all__ = ["CALIBRATION_METHODS", "INT8_FORMATS", "OnnxRuntimeConverter", "complete_qdq", "fix_batch_dim"]
