@@ -423,3 +423,13 @@ def test_complete_qdq_is_lossless_and_lets_onnx_runtime_quantize_the_gemm(tmp_pa
     ort.InferenceSession(str(tmp_path / "done.onnx"), opts, providers=["CPUExecutionProvider"])
     assert "QGemm" in _ops(onnx.load(str(tmp_path / "opt.onnx")))
     assert complete_qdq(tmp_path / "done.onnx", tmp_path / "again.onnx") == []  # nothing left to complete
+
+
+def test_accuracy_control_on_a_static_batch_profile_keeps_labels_with_samples(onnx_art, calibration, digits, tmp_path):
+    validation = digits.eval_feeds(batch_size=60, limit=120)
+    options = {**_lowering("quantize-accuracy", max_drop=0.01, subset_size=16), "validation_feeds": validation}
+    ir = OpenVinoConverter().convert(onnx_art, get_profile("core-ultra-npu"), Precision.INT8, calibration=calibration,
+                                     out_dir=tmp_path / "npu", options=options)
+    report = ir.details["accuracy_control"]
+    assert report["validation_samples"] == 120 and report["met"]
+    assert ir.inputs[0].shape[0] == 1  # the NPU profile's static batch

@@ -265,7 +265,7 @@ def _quantise_with_accuracy_control(
         )
     val = conform_feeds(val, inputs)
     if profile.static_batch:
-        val = rebatch(val, profile.static_batch)
+        val = _rebatch_labelled(val, profile.static_batch)
     items = list(zip(val.batches, val.labels or (), strict=True))
     validation = nncf.Dataset(items, lambda item: item[0])
     s = plan.settings
@@ -298,6 +298,16 @@ def _quantise_with_accuracy_control(
             "reverted_to_fp32": float_operations(quantized),
         },
     }
+
+
+def _rebatch_labelled(feeds: Feeds, batch: int) -> Feeds:
+    """``rebatch`` that keeps the labels with their samples (a static-batch model's validation data)."""
+    import numpy as np
+
+    labels = np.concatenate([np.asarray(y).reshape(-1) for y in feeds.labels or ()])
+    regrouped = rebatch(feeds, batch)
+    n = len(regrouped) * batch
+    return Feeds(batches=regrouped.batches, labels=tuple(labels[i : i + batch] for i in range(0, n, batch)))
 
 
 def top1_metric(compiled: Any, items: Any) -> float:
