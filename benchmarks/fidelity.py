@@ -1,6 +1,6 @@
 """Runner fidelity: modelport's median latency against each runtime's own measurement of the same artifact.
 
-    python benchmarks/fidelity.py [--models simple-cifar,resnet18] [--threads 1] [--seconds 3] [--rounds 4]
+    python benchmarks/fidelity.py [--models simple-cifar,resnet18] [--threads 1] [--seconds 2] [--rounds 8] [--pin no]
 
 * OpenVINO FP32 and INT8 IR vs ``benchmark_app -hint none -nstreams 1 -nthreads N -api sync`` (one stream and the
   same threads: what our LATENCY-hint session compiles to; ``-nthreads`` is only accepted with ``-hint none``).
@@ -9,9 +9,13 @@
 * ONNX Runtime FP32 vs a bare ``session.run`` loop with the same session options (no perf-test binary ships in the
   wheel), in its own fresh process.
 
-"Ours" is exactly what ``modelport bench`` runs: ``run_isolated`` (a fresh subprocess per artifact) with the
-default timing protocol at batch 1. Both sides run in fresh processes, alternating which goes first, for several
-rounds; the figure is the median of the per-round ratios ours/theirs (target |ratio − 1| ≤ 5 %). Weights are
+"Ours" is the runner's own path in a fresh process (as ``modelport bench`` runs each artifact): the modelport
+runtime's session, ``make_feed``, ``Session.bind`` and ``timing.measure`` at batch 1. Both sides alternate blocks
+of ``--seconds`` (ABBA) for ``--rounds`` rounds; the figure is the median of the per-round ratios ours/theirs
+(target |ratio − 1| ≤ 5 %). The interleaving matters on a shared machine, where the load drifts by the second.
+OpenVINO CPU pinning is off on both sides by default (``-pin NO`` / ``ENABLE_CPU_PINNING=False``): on a busy
+machine a pinned inference thread cannot leave a loaded core, and both tools' medians jump between ~1× and ~4×
+from one second to the next (seen here on 2 shared cores); ``--pin default`` keeps the plugin's choice. Weights are
 random (latency does not depend on them). Writes ``benchmarks/results/fidelity.{json,md}`` with the environment.
 """
 
@@ -32,9 +36,12 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = "[1,3,32,32]"
 
-_BARE_ORT = r'''
+# Both sides run as long-lived fresh processes that time one block per line read on stdin, so blocks of ours and
+# theirs can alternate every second or two: on a shared machine the load drifts, and only close interleaving makes
+# the two sides see the same machine.
+_BARE_ORT = r"""
 import sys, time, numpy as np, onnxruntime as ort
-path, threads, seconds, warm = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+path, threads = sys.argv[1], int(sys.argv[2])
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = threads
 opts.inter_op_num_threads = 1
@@ -43,24 +50,81 @@ opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
 clock = time.perf_counter_ns
-end = clock() + int(warm * 1e9)
-while clock() < end:
-    sess.run(None, feed)
-samples = []
-end = clock() + int(seconds * 1e9)
-while clock() < end or len(samples) < 200:
-    t0 = clock()
-    sess.run(None, feed)
-    samples.append(clock() - t0)
-print("MEDIAN_MS", float(np.median(samples)) / 1e6, len(samples))
-'''
+print("READY", flush=True)
+for line in sys.stdin:
+    seconds = float(line)
+    for _ in range(5):
+        sess.run(None, feed)
+    samples = []
+    end = clock() + int(seconds * 1e9)
+    while clock() < end or len(samples) < 50:
+        t0 = clock()
+        sess.run(None, feed)
+        samples.append(clock() - t0)
+    print("MEDIAN_MS", float(np.median(samples)) / 1e6, len(samples), flush=True)
+"""
+
+# modelport's own path, as the runner runs it: runtime.load, make_feed, Session.bind, timing.measure.
+_OURS = r"""
+import json, sys
+import numpy as np
+from modelport.benchmark.runner import make_feed
+from modelport.benchmark.timing import TimingConfig, measure
+from modelport.core.registry import resolve
+from modelport.core.types import Artifact
+spec, art_json, threads, pin = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+art = Artifact.from_dict(json.loads(open(art_json).read()))
+session = resolve(spec)().load(art, "CPU", threads)
+if pin != "default" and hasattr(session, "compile_config"):  # the same pinning as benchmark_app -pin
+    base = session.compile_config
+    session.compile_config = lambda: {**base(), "ENABLE_CPU_PINNING": pin == "yes"}
+session.__enter__()
+run = session.bind(make_feed(art.inputs, 1, None, np.random.default_rng(0)))
+settings = session.settings() if hasattr(session, "settings") else {}
+print("READY", json.dumps(settings, default=str), flush=True)
+for line in sys.stdin:
+    seconds = float(line)
+    stats = measure(run, TimingConfig(warmup_iters=5, warmup_seconds=0.0, min_iters=50, min_seconds=seconds,
+                                      max_seconds=seconds * 5))
+    print("MEDIAN_MS", stats.p50, stats.n, round(stats.cv, 3), flush=True)
+"""
 
 
-def benchmark_app_median(xml: Path, threads: int, seconds: float, fp32: bool) -> tuple[float | None, list[str]]:
+class Server:
+    """A fresh Python process that times one block per request (see _OURS / _BARE_ORT)."""
+
+    def __init__(self, script: str, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self._line()
+        self.info = json.loads(line.split(" ", 1)[1]) if " " in line.strip() else {}
+
+    def _line(self) -> str:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"timing process exited with {self.proc.wait()}")
+            if line.startswith(("READY", "MEDIAN_MS")):
+                return line
+
+    def block(self, seconds: float) -> float:
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        return float(self._line().split()[1])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def benchmark_app_median(xml: Path, threads: int, seconds: float, fp32: bool,
+                         pin: str = "default") -> tuple[float | None, list[str]]:
     """benchmark_app's median latency in ms (it prints µs for fast models) and the command line used."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-nthreads", str(threads),
            "-api", "sync", "-t", str(max(1, round(seconds))), "-data_shape", SHAPE, "-inference_only", "true"]
+    if pin != "default":
+        cmd += ["-pin", pin.upper()]
     if fp32:
         cmd += ["-infer_precision", "f32"]  # our FP32 session pins f32 (the plugin's default here is bf16)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120, check=False)
@@ -70,38 +134,6 @@ def benchmark_app_median(xml: Path, threads: int, seconds: float, fp32: bool) ->
         return None, cmd
     value = float(match.group(1))
     return (value / 1000.0 if match.group(2) == "us" else value), cmd
-
-
-def bare_ort_median(onnx_path: Path, threads: int, seconds: float) -> float | None:
-    proc = subprocess.run([sys.executable, "-c", _BARE_ORT, str(onnx_path), str(threads), str(seconds), "0.5"],
-                          capture_output=True, text=True, timeout=seconds * 10 + 120, check=False)
-    match = re.search(r"MEDIAN_MS ([0-9.eE+-]+)", proc.stdout)
-    if match is None:
-        print(f"bare ONNX Runtime loop failed (exit {proc.returncode}): {proc.stderr[-600:]}")
-        return None
-    return float(match.group(1))
-
-
-def ours_median(art: Any, runtime: str, threads: int, seconds: float) -> tuple[float | None, dict[str, Any]]:
-    """modelport's own path: a fresh subprocess, the runner's timing protocol, batch 1."""
-    from modelport.benchmark.isolation import run_isolated
-    from modelport.benchmark.runner import BenchConfig
-    from modelport.benchmark.timing import TimingConfig
-    from modelport.runtimes import RUNTIMES
-
-    config = BenchConfig(
-        timing=TimingConfig(warmup_iters=20, warmup_seconds=0.5, min_iters=200, min_seconds=seconds,
-                            max_seconds=seconds * 3),
-        batch_sizes=(1,), threads=threads, mode="latency",
-    )
-    row = run_isolated(art, runtime_spec=RUNTIMES[runtime], runtime_name=runtime, device="CPU", config=config,
-                       eval_feeds=None, reference_outputs=None, reference_accuracy=None)
-    stats = row.latency.get(1)
-    if stats is None:
-        print(f"ours failed: {row.status}")
-        return None, {}
-    return stats.p50, {"n": stats.n, "cv": round(stats.cv, 3), "median_ci95": [round(v, 4) for v in stats.median_ci95],
-                       "settings": row.settings.get("runtime")}
 
 
 def convert_model(arch: str, work: Path) -> Path:
@@ -125,19 +157,16 @@ def convert_model(arch: str, work: Path) -> Path:
 
 
 def measure_pair(ours: Any, theirs: Any, rounds: int) -> dict[str, Any]:
-    """Alternate ours/theirs (ABBA) so drifting machine load hits both sides alike."""
+    """Alternate ours/theirs blocks (ABBA) so drifting machine load hits both sides alike."""
     per_round = []
     for r in range(rounds):
         if r % 2 == 0:
-            o, info = ours()
-            t = theirs()
+            o, t = ours(), theirs()
         else:
-            t = theirs()
-            o, info = ours()
+            t, o = theirs(), ours()
         ratio = o / t if o and t else None
-        per_round.append({"ours_p50_ms": o, "theirs_median_ms": t, "ratio": ratio, "ours": info,
-                          "loadavg": os.getloadavg()[0]})
-        print(f"    round {r + 1}: ours {o} ms, theirs {t} ms, ratio {ratio}", flush=True)
+        per_round.append({"ours_p50_ms": o, "theirs_median_ms": t, "ratio": ratio, "loadavg": os.getloadavg()[0]})
+        print(f"    round {r + 1}: ours {o:.4f} ms, theirs {t} ms, ratio {ratio and round(ratio, 3)}", flush=True)
     ratios = [p["ratio"] for p in per_round if p["ratio"] is not None]
     return {
         "rounds": per_round,
@@ -150,12 +179,20 @@ def measure_pair(ours: Any, theirs: Any, rounds: int) -> dict[str, Any]:
     }
 
 
-def run(models: list[str], threads: int, seconds: float, rounds: int, work: Path) -> dict[str, Any]:
+def _ours_server(art: Any, runtime: str, threads: int, work: Path, pin: str = "default") -> Server:
+    from modelport.runtimes import RUNTIMES
+
+    spec = work / f"artifact-{art.sha256[:12]}.json"
+    spec.write_text(json.dumps(art.to_dict()))
+    return Server(_OURS, RUNTIMES[runtime], str(spec), str(threads), pin)
+
+
+def run(models: list[str], threads: int, seconds: float, rounds: int, work: Path, pin: str) -> dict[str, Any]:
     from modelport.benchmark.environment import collect_environment
     from modelport.core.manifest import Manifest
 
     out: dict[str, Any] = {"environment": collect_environment(threads), "threads": threads, "seconds": seconds,
-                           "rounds": rounds, "loadavg_start": os.getloadavg(), "models": {}}
+                           "rounds": rounds, "openvino_pinning": pin, "loadavg_start": os.getloadavg(), "models": {}}
     for arch in models:
         print(f"[{arch}] converting", flush=True)
         folder = convert_model(arch, work)
@@ -166,18 +203,23 @@ def run(models: list[str], threads: int, seconds: float, rounds: int, work: Path
             cmd: list[str] = []
 
             def theirs(art: Any = art, prec: str = prec) -> float | None:
-                value, used = benchmark_app_median(art.path, threads, seconds, fp32=prec == "fp32")
+                value, used = benchmark_app_median(art.path, threads, seconds, fp32=prec == "fp32", pin=pin)
                 cmd[:] = [Path(used[0]).name, *used[1:]]
                 return value
 
             print(f"  openvino {prec} vs benchmark_app", flush=True)
-            cases[f"openvino/{prec}"] = measure_pair(lambda art=art: ours_median(art, "openvino", threads, seconds),
-                                                     theirs, rounds)
+            server = _ours_server(art, "openvino", threads, work, pin)
+            cases[f"openvino/{prec}"] = measure_pair(lambda server=server: server.block(seconds), theirs, rounds)
+            server.close()
+            cases[f"openvino/{prec}"]["ours_settings"] = server.info
             cases[f"openvino/{prec}"]["theirs_tool"] = " ".join(c if not c.endswith(".xml") else "MODEL.xml" for c in cmd)
         art = arts["legacy-cpu/fp32"]
         print("  onnxruntime fp32 vs bare session.run", flush=True)
-        cases["onnxruntime/fp32"] = measure_pair(lambda art=art: ours_median(art, "onnxruntime", threads, seconds),
-                                                 lambda art=art: bare_ort_median(art.path, threads, seconds), rounds)
+        ours, bare = _ours_server(art, "onnxruntime", threads, work), Server(_BARE_ORT, str(art.path), str(threads))
+        cases["onnxruntime/fp32"] = measure_pair(lambda: ours.block(seconds), lambda: bare.block(seconds), rounds)
+        ours.close()
+        bare.close()
+        cases["onnxruntime/fp32"]["ours_settings"] = ours.info
         cases["onnxruntime/fp32"]["theirs_tool"] = (
             f"bare InferenceSession.run loop, intra_op_num_threads={threads}, inter_op 1, sequential, ORT_ENABLE_ALL"
         )
@@ -192,7 +234,8 @@ def to_markdown(data: dict[str, Any]) -> str:
         "# Runner fidelity: modelport median vs the runtime's own measurement (batch 1)",
         "",
         f"CPU: {env.get('cpu', {}).get('model')} ({env.get('cpu', {}).get('logical_cores')} logical cores) · "
-        f"threads {data['threads']} · {data['seconds']} s per measurement · {data['rounds']} alternating rounds · "
+        f"threads {data['threads']} · OpenVINO pinning {data.get('openvino_pinning', 'default')} · "
+        f"{data['seconds']} s per measurement · {data['rounds']} alternating rounds · "
         f"load average {data['loadavg_start'][0]:.1f} → {data['loadavg_end'][0]:.1f}",
         f"versions: {env.get('packages')}",
         f"created: {env.get('timestamp')} · commit {env.get('git')}",
@@ -222,20 +265,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="simple-cifar,resnet18")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--pin", choices=("default", "yes", "no"), default="no",
+                        help="OpenVINO CPU pinning on both sides (no: a shared machine's busy core cannot trap a thread)")
     parser.add_argument("--work", type=Path, default=None, help="reuse converted models here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
-        data = run(models, args.threads, args.seconds, args.rounds, args.work)
+        data = run(models, args.threads, args.seconds, args.rounds, args.work, args.pin)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            data = run(models, args.threads, args.seconds, args.rounds, Path(tmp))
+            data = run(models, args.threads, args.seconds, args.rounds, Path(tmp), args.pin)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.threads == 1 else f"_t{args.threads}"
+    suffix = ("" if args.threads == 1 else f"_t{args.threads}") + ("" if args.pin == "no" else f"_pin{args.pin}")
     (args.out / f"fidelity{suffix}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (args.out / f"fidelity{suffix}.md").write_text(to_markdown(data) + "\n")
     print(to_markdown(data))

@@ -184,3 +184,27 @@ def test_old_rows_without_new_fields_still_read(linear_onnx: LinearModel) -> Non
 
     row = ArtifactResult.from_dict(d)
     assert row.energy == {} and row.async_throughput == {} and row.latency[1].warmup_n is None
+
+
+def test_progress_bars_follow_the_runner_steps(linear_onnx: LinearModel) -> None:
+    import io
+
+    from rich.console import Console
+
+    from modelport.benchmark.progress import BenchProgress
+
+    term = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with BenchProgress(term) as bars:
+        row = benchmark_artifact(artifact_for(linear_onnx.path), runtime=OnnxRuntimeRuntime(), device="CPU",
+                                 config=_config(), eval_feeds=None, reference_outputs=None, reference_accuracy=None,
+                                 progress=bars)
+    task = bars._bars.tasks[0]
+    assert row.status == "ok" and task.fields["label"] == row.label
+    assert task.completed == task.total == 4  # load, evaluate, batch 1, batch 8
+    assert row.label in term.file.getvalue()
+
+    plain = Console(file=io.StringIO(), force_terminal=False, width=200)
+    with BenchProgress(plain) as lines:
+        lines("legacy-cpu/fp32: timing batch 8")
+        lines.step("legacy-cpu/fp32", 1, 4)
+    assert "→ legacy-cpu/fp32: timing batch 8" in plain.file.getvalue()
