@@ -184,3 +184,13 @@ def test_unsupported_precision_is_reported_not_dropped(trained_checkpoint: Path,
     assert any("core-ultra-gpu/fp32" in s for s in result.skipped)
     assert [a.precision for a in result.artifacts if a.profile] == [Precision.FP16]
     assert result.artifacts[-1].format is Format.OPENVINO_IR
+
+
+def test_live_registry_module_records_how_to_rebuild_it(tmp_path: Path) -> None:
+    """A registry model passed as a module with ``arch`` gets the same model_kwargs as its checkpoint would."""
+    from modelport.models import build_model
+
+    model = build_model("simple-mnist", num_classes=7)
+    result = convert(model, arch="simple-mnist", profiles="legacy-cpu", precisions="fp32", out=tmp_path / "o")
+    assert result.manifest.model["model_kwargs"] == {"num_classes": 7, "in_channels": 1, "image_size": 28}
+    assert all(a.ok for a in result.artifacts)

@@ -69,7 +69,14 @@ def _load_source(
     import torch
 
     if isinstance(model_or_path, torch.nn.Module):
-        return Source(model_or_path.eval(), None, arch, {}, None, "module")
+        module_kwargs: dict[str, Any] = {}
+        if arch is not None:  # a registry model passed live: record how to rebuild it, as for a checkpoint
+            from modelport.models import get_spec, model_input_shape
+
+            c, h, _ = model_input_shape(arch, in_channels=in_channels, image_size=image_size)
+            classes = num_classes if num_classes is not None else _output_features(model_or_path)
+            module_kwargs = {"num_classes": classes or get_spec(arch).num_classes, "in_channels": c, "image_size": h}
+        return Source(model_or_path.eval(), None, arch, module_kwargs, None, "module")
     if not isinstance(model_or_path, (str, Path)):
         raise InputError(
             f"Cannot convert an object of type {type(model_or_path).__name__}.",
@@ -93,6 +100,14 @@ def _load_source(
         kwargs = {"num_classes": loaded.num_classes, "in_channels": c, "image_size": h}
     model = loaded.model.eval() if loaded.model is not None else None
     return Source(model, loaded.onnx_path, loaded.arch, kwargs, loaded.sha256, loaded.kind)
+
+
+def _output_features(model: Any) -> int | None:
+    """Out-features of the module's last Linear layer (the class count of a registry classifier), if any."""
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return int(linears[-1].out_features) if linears else None
 
 
 # -------------------------------------------------------------------------------------------------------- data
