@@ -136,6 +136,7 @@ def _export_dynamo(
     model: "nn.Module", inputs: dict[str, "torch.Tensor"], out_path: Path, output_names: list[str],
     dynamic_batch: bool, opset: int | None,
 ) -> None:
+    import io
     import warnings
 
     import torch
@@ -143,7 +144,9 @@ def _export_dynamo(
     params = _forward_params(model)
     by_keyword = set(inputs) <= set(params)
     dynamic_shapes: Any = None
-    with torch.no_grad(), warnings.catch_warnings():
+    chatter = io.StringIO()  # a failing dynamo export prints whole graphs; the fallback keeps the first line
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter), \
+            contextlib.redirect_stderr(chatter):
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
         if by_keyword:  # the dynamo exporter keeps keyword argument names as ONNX input names
             if dynamic_batch:
