@@ -152,3 +152,15 @@ def test_compare_flags_variants_that_do_not_pay_off() -> None:
     assert by["big-fast"].warnings == ["not smaller than baseline (x1.00)"]
     assert by["win"].warnings == [] and by["win"].size_ratio == 0.25 and by["win"].latency_ratio == 0.4
     assert by["small-slow"].accuracy_drop_pts == pytest.approx(2.0)
+
+
+def test_cli_sweep_reports_a_bad_matrix_in_one_paragraph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelport.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text('name = "m"\nmodels = ["simple-mnist"]\n[[variant]]\nname = "p"\n[[variant.step]]\nmethod = "prune"\nsparsity = -0.1\n')
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Recipe 'p', step 1 (prune)" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
