@@ -340,7 +340,7 @@ def convert(
             if export_precision is Precision.INT8 and wanted is None:
                 wanted = [Precision.INT8]  # a QAT model is quantized already: it lowers at int8 only
             onnx_art = validate_onnx(onnx_art, source.model, plan.validation, precision=export_precision)
-            onnx_art = onnx_art.replace(profile=None)
+            onnx_art = onnx_art.replace(profile=None, precision=export_precision)
             artifacts.append(onnx_art)
             if not onnx_art.ok:
                 say(f"ONNX export {onnx_art.status_text}")
@@ -809,7 +809,7 @@ def _runtime_for(art: Artifact) -> tuple[str, str, str]:
     if art.format is Format.PYTORCH:
         return "torch", "CPU", "pytorch/fp32 (eager)"
     if art.profile is None:
-        return "onnxruntime", "CPU", "onnx/fp32 (export)"
+        return "onnxruntime", "CPU", f"onnx/{art.precision} (export)"
     profile = get_profile(art.profile)
     return profile.runtime, profile.device, f"{art.profile}/{art.precision}"
 
