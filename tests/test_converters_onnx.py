@@ -23,36 +23,9 @@ from modelport.core.files import sha256_file
 from modelport.core.types import Format, Precision, Preprocessing, Status
 from modelport.data.feeds import Feeds
 from modelport.errors import ConversionError, InputError
+from tiny_models import MeanPoolEmbedder, TinyCNN
 
 onnx = pytest.importorskip("onnx")
-
-
-class TinyCNN(nn.Module):
-    """1×28×28 → 10 classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.fc = nn.Linear(16 * 7 * 7, 10)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the ONNX input name
-        x = torch.relu(self.conv1(input))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.flatten(1))
-
-
-class MeanPoolEmbedder(nn.Module):
-    """Two int64 inputs → a (batch, 16) embedding (embedding + masked mean pooling)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 16)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        e = self.emb(input_ids)
-        m = attention_mask.unsqueeze(-1).to(e.dtype)
-        return (e * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 class TwoHeads(nn.Module):

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from modelport.agreement import compare
 from modelport.converters.onnx import export_onnx, onnx_artifact_from_file, reference_outputs
@@ -19,64 +18,16 @@ from modelport.core.profiles import DeviceProfile, get_profile
 from modelport.core.types import Format, Precision, Status
 from modelport.data.feeds import Feeds
 from modelport.errors import ConversionError
+from tiny_models import MeanPoolEmbedder, digits_images, train_tiny_cnn
 
 ov = pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino
 
 
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.fc = nn.Linear(16 * 7 * 7, 10)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the ONNX input name
-        x = torch.relu(self.conv1(input))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.flatten(1))
-
-
-class MeanPoolEmbedder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 16)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        e = self.emb(input_ids)
-        m = attention_mask.unsqueeze(-1).to(e.dtype)
-        return (e * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8×8 digits as 1×28×28 images in [0, 1] (real data, no download)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = np.kron(d.images, np.ones((3, 3))) / 16.0
-    x = np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float32)[:, None]
-    return x, d.target.astype(np.int64)
-
-
-def _train(x: np.ndarray, y: np.ndarray) -> TinyCNN:
-    torch.manual_seed(0)
-    model = TinyCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(3):
-        perm = torch.randperm(len(xs))
-        for i in range(0, len(xs), 100):
-            idx = perm[i : i + 100]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
-    x, y = _digits()
-    model = _train(x[:1400], y[:1400])
+    x, y = digits_images()
+    model = train_tiny_cnn(x[:1400], y[:1400])
     art = export_onnx(model, {"input": torch.from_numpy(x[:1])}, tmp_path_factory.mktemp("src") / "model.onnx")
     calibration = Feeds.from_array(x[:64], input_name="input", batch_size=1)
     evaluation = Feeds.from_array(x[1400:1600], y[1400:1600], input_name="input", batch_size=50)
