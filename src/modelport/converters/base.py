@@ -44,3 +44,14 @@ class Converter(ABC):
         options: Mapping[str, Any] | None = None,
     ) -> Artifact:
         """Produce the target artifact; raise ``ConversionError`` with the reason on failure."""
+
+
+def package_availability(module: str, install: str) -> tuple[bool, str]:
+    """``(True, version)`` if ``module`` imports, else ``(False, reason with the install fix)``; never raises."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # ImportError or a broken native library
+        return False, f"{module} cannot be imported ({exc}). Fix: {install}."
+    return True, str(getattr(mod, "__version__", "unknown"))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from modelport.converters.base import Converter
+from modelport.converters.base import Converter, package_availability
 from modelport.converters.lowering import (
     COMMON_KEYS,
     ONNXRUNTIME_KEYS,
@@ -48,11 +48,7 @@ class OnnxRuntimeConverter(Converter):
     target = Format.ONNX
 
     def availability(self) -> tuple[bool, str]:
-        try:
-            import onnxruntime
-        except Exception as exc:  # ImportError or a broken native library
-            return False, f"onnxruntime cannot be imported ({exc}). Fix: pip install onnxruntime."
-        return True, str(onnxruntime.__version__)
+        return package_availability("onnxruntime", "pip install onnxruntime")
 
     def convert(
         self,

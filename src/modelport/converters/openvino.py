@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.converters.base import Converter
+from modelport.converters.base import Converter, package_availability
 from modelport.converters.lowering import (
     COMMON_KEYS,
     OPENVINO_KEYS,
@@ -43,11 +43,7 @@ class OpenVinoConverter(Converter):
     target = Format.OPENVINO_IR
 
     def availability(self) -> tuple[bool, str]:
-        try:
-            import openvino
-        except Exception as exc:  # ImportError or a broken native library
-            return False, f"openvino cannot be imported ({exc}). Fix: pip install openvino."
-        return True, str(openvino.__version__)
+        return package_availability("openvino", "pip install openvino")
 
     def convert(
         self,
