@@ -244,9 +244,9 @@ def reference_module(artifact: Artifact) -> "torch.nn.Module":
     """The FP32 module behind a PYTORCH artifact: the in-process module registered for its sha256 (Python API),
     else rebuilt from ``details['arch']`` + ``model_kwargs`` and the safetensors file. Same lookup as the eager
     runtime, so the package is compiled from exactly the module the reference rows measure."""
-    from modelport.runtimes.torch_eager import TorchEagerSession
+    from modelport.runtimes.torch_eager import module_for
 
-    return TorchEagerSession(artifact, "CPU", None)._build()
+    return module_for(artifact)
 
 
 def _half_wrapper(module: "torch.nn.Module") -> "torch.nn.Module":

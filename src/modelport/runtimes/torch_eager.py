@@ -49,6 +49,39 @@ def _to_numpy_list(out: Any) -> list[np.ndarray]:
     raise TypeError(f"model output of type {type(out).__name__} is not a tensor, tuple, list or dict of tensors")
 
 
+def module_for(artifact: Artifact) -> "nn.Module":
+    """The module behind a PYTORCH artifact: the one registered for its sha256 (Python API), else rebuilt from
+    ``details['arch']`` + ``model_kwargs`` and its safetensors file. Converters that start from PyTorch use it too."""
+    sha = artifact.sha256
+    if sha and sha in _MODULES:
+        return _MODULES[sha]
+    arch = artifact.details.get("arch")
+    if not arch:
+        raise RuntimeUnavailableError(
+            f"PyTorch artifact {artifact.path} has no registered module for sha256 '{sha or '(none)'}' "
+            "and no 'arch' in its details, so it cannot be rebuilt.",
+            fix="register the module with modelport.runtimes.torch_eager.register_module(sha256, module), "
+            "or give details={'arch': ..., 'model_kwargs': {...}}.",
+        )
+    if not artifact.path.is_file():
+        raise CheckpointError(
+            f"State dict {artifact.path} for '{arch}' does not exist.", fix="convert the checkpoint again."
+        )
+    from safetensors.torch import load_file
+
+    from modelport.models import build_model
+
+    module = build_model(arch, **dict(artifact.details.get("model_kwargs") or {}))
+    try:
+        module.load_state_dict(load_file(str(artifact.path)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"State dict {artifact.path} does not fit '{arch}': {str(exc).splitlines()[0]}",
+            fix="check 'arch' and 'model_kwargs' in the artifact details.",
+        ) from exc
+    return module
+
+
 class TorchEagerSession(Session):
     """The module in eval mode under ``torch.inference_mode``."""
 
@@ -60,34 +93,7 @@ class TorchEagerSession(Session):
         self._torch_device = "cuda" if device.upper().startswith("CUDA") else "cpu"
 
     def _build(self) -> "nn.Module":
-        sha = self.artifact.sha256
-        if sha and sha in _MODULES:
-            return _MODULES[sha]
-        arch = self.artifact.details.get("arch")
-        if not arch:
-            raise RuntimeUnavailableError(
-                f"PyTorch artifact {self.artifact.path} has no registered module for sha256 '{sha or '(none)'}' "
-                "and no 'arch' in its details, so it cannot be rebuilt.",
-                fix="register the module with modelport.runtimes.torch_eager.register_module(sha256, module), "
-                "or give details={'arch': ..., 'model_kwargs': {...}}.",
-            )
-        if not self.artifact.path.is_file():
-            raise CheckpointError(
-                f"State dict {self.artifact.path} for '{arch}' does not exist.", fix="convert the checkpoint again."
-            )
-        from safetensors.torch import load_file
-
-        from modelport.models import build_model
-
-        module = build_model(arch, **dict(self.artifact.details.get("model_kwargs") or {}))
-        try:
-            module.load_state_dict(load_file(str(self.artifact.path)), strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"State dict {self.artifact.path} does not fit '{arch}': {str(exc).splitlines()[0]}",
-                fix="check 'arch' and 'model_kwargs' in the artifact details.",
-            ) from exc
-        return module
+        return module_for(self.artifact)
 
     def _open(self) -> None:
         import torch
