@@ -167,3 +167,40 @@ def test_environment_record() -> None:
     assert "CPUExecutionProvider" in env["onnxruntime_providers"]
     assert env["timestamp"].endswith("+00:00")
     json.dumps(env)  # JSON-ready
+
+
+def _rendered(results: BenchResults, width: int) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, color_system=None)
+    render_table(results, console)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("width", [80, 140, 200])
+def test_table_fits_the_terminal_and_keeps_every_reason(results: BenchResults, width: int) -> None:
+    warnings_for(results)
+    text = _rendered(results, width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    for row in results.rows:
+        assert row.label in text
+    assert "tensorrt is not installed" in text and "boom" in text  # reasons survive as footnotes
+    assert "not smaller than fp32" in text.replace("\n", " ")  # notes too, even without a warnings column
+    assert ("p99" in text) is (width >= 110)
+
+
+def test_items_per_second_prefers_the_throughput_mode_and_energy_shows_when_measured(results: BenchResults) -> None:
+    from modelport.benchmark.throughput import ThroughputStats
+
+    row = results.rows[0]
+    row.async_throughput = {32: ThroughputStats(batch=32, completed=100, seconds=0.5, streams=2, requests=4,
+                                                engine="openvino-async")}
+    assert row_cells(row, largest_batch=32)[9] == "6,400 (async)"
+    assert row_cells(row, largest_batch=64)[9] == "6,400 (async b32)"
+    assert row_cells(results.rows[1], largest_batch=32)[9].replace(",", "").isdigit()  # latency loop, no suffix
+    assert row_cells(row)[10] == "—"
+    row.energy = {1: {"status": "ok", "joules_per_inference": 0.0042}}
+    results.rows[1].energy = {1: {"status": "n/a (no counters)"}}
+    assert row_cells(row)[10] == "4.2"  # 0.0042 J = 4.2 mJ per inference
+    assert row_cells(results.rows[1])[10] == "n/a"
+    assert "mJ/inf" in _rendered(results, 200)

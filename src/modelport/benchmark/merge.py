@@ -213,7 +213,7 @@ def environment_summary(env: dict[str, Any]) -> str:
 
 def write_markdown(comparison: Comparison, path: Path) -> Path:
     """A GitHub table of every machine's rows, the warnings, and one environment line per machine."""
-    from modelport.benchmark.report import HEADERS, row_cells
+    from modelport.benchmark.report import HEADERS, largest_batch, row_cells
 
     def md(text: str) -> str:  # no raw HTML from a results file in a page that renders Markdown
         return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
@@ -223,8 +223,9 @@ def write_markdown(comparison: Comparison, path: Path) -> Path:
     if comparison.warnings:
         out += [f"> **warning:** {md(w)}" for w in comparison.warnings] + [""]
     out += ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    out += ["| " + " | ".join(md(c) for c in row_cells(row)) + " |" for row in results.rows]
-    out += ["", "p50/p99 at batch 1 and items/s at the largest batch unless (bN) says.", "", "## Machines", ""]
+    largest = largest_batch(results)
+    out += ["| " + " | ".join(md(c) for c in row_cells(row, largest_batch=largest)) + " |" for row in results.rows]
+    out += ["", f"p50/p99 at batch 1 and items/s at batch {largest} unless (bN) says.", "", "## Machines", ""]
     for run in comparison.runs:
         created = run.data.get("created") or "?"
         out.append(f"- **{md(run.name)}** ({md(run.path)}, measured {md(str(created))}): "

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 DASH = "—"
 HEADERS = (
     "artifact", "runtime/device", "precision", "status", "size MB", "gzip MB", "load ms", "p50 ms", "p99 ms",
-    "items/s", "accuracy %", "Δacc pts", "top-1 agree %", "max abs diff", "warnings",
+    "items/s", "mJ/inf", "accuracy %", "Δacc pts", "top-1 agree %", "max abs diff", "warnings",
 )
+# Shorter headers for the terminal table only, so it fits 140 columns (files keep the full names).
+_SHORT = {"accuracy %": "acc %", "top-1 agree %": "agree %", "max abs diff": "max |Δ|"}
 _NOT_FASTER = "not faster than fp32"
 _NOT_SMALLER = "not smaller than fp32"
 _STATUS_STYLE = {"ok": "green", "failed": "red", "unavailable": "yellow", "invalid": "magenta"}
@@ -85,8 +87,26 @@ def _with_batch(text: str, batch: int | None, usual: int | None) -> str:
     return text if batch is None or batch == usual or text == DASH else f"{text} (b{batch})"
 
 
-def row_cells(row: ArtifactResult) -> list[str]:
-    """The display cells of one row, in ``HEADERS`` order."""
+def _best_async(row: ArtifactResult) -> tuple[float, int] | None:
+    """(items/s, batch) of the throughput-mode window with the most items per second, if any was measured."""
+    best = max(((t.items_per_second, b) for b, t in row.async_throughput.items()), default=None)
+    return best
+
+
+def _energy_mj(row: ArtifactResult, batch: int | None) -> str:
+    """Millijoules per inference at ``batch`` where the counters were readable; ``n/a`` where they were not."""
+    rec = row.energy.get(batch) if batch is not None else None
+    if not rec:
+        return DASH
+    value = rec.get("joules_per_inference")
+    return format(value * 1e3, ".3g") if rec.get("status") == "ok" and value is not None else "n/a"
+
+
+def row_cells(row: ArtifactResult, *, largest_batch: int | None = None) -> list[str]:
+    """The display cells of one row, in ``HEADERS`` order.
+
+    items/s is the throughput-mode figure (marked ``async``) when one was measured, else the latency loop's at the
+    largest batch; a batch other than ``largest_batch`` is named."""
     state = row.state
     size_known = state != "failed"
     cells = [
@@ -98,7 +118,7 @@ def row_cells(row: ArtifactResult) -> list[str]:
         _mb(row.gzip_bytes) if size_known else DASH,
     ]
     if not row.ok:
-        return [*cells, *([DASH] * 8), "; ".join(row.notes)]
+        return [*cells, *([DASH] * 9), "; ".join(row.notes)]
     b = _latency_batch(row)
     lat = row.latency.get(b) if b is not None else None
     big = max(row.throughput) if row.throughput else None
@@ -109,7 +129,8 @@ def row_cells(row: ArtifactResult) -> list[str]:
         _num(row.load_ms, ".1f"),
         _with_batch(_num(lat.p50 if lat else None, ".3f"), b, 1),
         _with_batch(_num(lat.p99 if lat else None, ".3f"), b, 1),
-        _with_batch(_num(row.throughput.get(big) if big is not None else None, ",.0f"), big, None),
+        _items_per_second(row, big, largest_batch),
+        _energy_mj(row, b),
         _num(None if row.accuracy is None else row.accuracy * 100, ".2f"),
         _num(None if row.accuracy_drop is None else 0.0 - row.accuracy_drop * 100 + 0.0, "+.2f"),  # no "-0.00"
         _num(None if top1 is None else float(top1) * 100, ".2f"),
@@ -117,6 +138,20 @@ def row_cells(row: ArtifactResult) -> list[str]:
         "; ".join(row.notes),
     ]
     return cells
+
+
+def _items_per_second(row: ArtifactResult, big: int | None, largest_batch: int | None) -> str:
+    best = _best_async(row)
+    if best is not None:
+        ips, b = best
+        return f"{ips:,.0f} (async" + ("" if b == largest_batch else f" b{b}") + ")"
+    return _with_batch(_num(row.throughput.get(big) if big is not None else None, ",.0f"), big, largest_batch)
+
+
+def largest_batch(results: BenchResults) -> int | None:
+    """The largest batch size the run asked for (the batch items/s is quoted at)."""
+    sizes = (results.config or {}).get("batch_sizes") or _batches(results)
+    return max(sizes) if sizes else None
 
 
 def _title(results: BenchResults) -> str:
@@ -130,7 +165,8 @@ def _title(results: BenchResults) -> str:
 # ---------------------------------------------------------------- renderers
 
 
-_COMPACT_DROP = ("runtime/device", "precision", "gzip MB", "max abs diff")
+_COMPACT_DROP = ("runtime/device", "precision", "gzip MB", "max abs diff", "mJ/inf")
+_NARROW_DROP = ("load ms", "p99 ms", "Δacc pts", "top-1 agree %", "warnings")  # below 110 columns
 
 
 def render_table(results: BenchResults, console: "Console | None" = None, *, compact: bool | None = None) -> "Table":
@@ -143,21 +179,31 @@ def render_table(results: BenchResults, console: "Console | None" = None, *, com
     if compact is None:
         compact = console is not None and console.width < 150
 
-    table = Table(title=_title(results), caption="p50/p99 at batch 1 and items/s at the largest batch unless (bN) says")
-    shown = [i for i, h in enumerate(HEADERS) if not (compact and h in _COMPACT_DROP)]
+    largest = largest_batch(results)
+    measured_energy = any(_energy_mj(r, b) not in (DASH, "n/a") for r in results.rows for b in r.energy)
+    table = Table(title=_title(results))
+    narrow = console is not None and console.width < 110
+    drop = (set(_COMPACT_DROP if compact else ()) | (set() if measured_energy else {"mJ/inf"})
+            | (set(_NARROW_DROP) if narrow else set()))
+    shown = [i for i, h in enumerate(HEADERS) if h not in drop]
     for h in (HEADERS[i] for i in shown):
         numeric = h not in {"artifact", "runtime/device", "precision", "status", "warnings"}
-        min_width = {"artifact": 19, "status": 11, "warnings": 7}.get(h)
-        table.add_column(h, justify="right" if numeric else "left", overflow="fold", min_width=min_width)
+        min_width = {"artifact": 20, "status": 13 if narrow else 16, "warnings": 7}.get(h)
+        table.add_column(_SHORT.get(h, h) if compact else h, justify="right" if numeric else "left",
+                         overflow="fold", min_width=min_width)
     footnotes: list[str] = []
     for row in results.rows:
-        cells = row_cells(row)
+        cells = row_cells(row, largest_batch=largest)
         style = _STATUS_STYLE.get(row.state, "")
         status = cells[3]
         if ":" in status:  # long reasons go under the table so columns stay readable in 80-column terminals
             footnotes.append(status)
             status = f"{row.state} [{len(footnotes)}]"
         notes = cells[-1]
+        if narrow and notes:  # no warnings column: the note becomes a footnote marked in the status cell
+            footnotes.append(f"{row.label}: {notes}")
+            status = f"{status} [{len(footnotes)}]"
+            notes = ""
         if len(notes) > 40:
             footnotes.append(f"{row.label}: {notes}")
             notes = f"see [{len(footnotes)}]"
@@ -165,11 +211,23 @@ def render_table(results: BenchResults, console: "Console | None" = None, *, com
         cells[-1] = f"[yellow]{_escape(notes)}[/yellow]" if notes else ""
         cells[0] = _escape(cells[0])
         table.add_row(*(cells[i] for i in shown))
-    if footnotes:
-        table.caption = _escape(table.caption + "\n" + "\n".join(f"[{i}] {line}" for i, line in enumerate(footnotes, 1)))
-        table.caption_justify = "left"
+    legend = (f"p50/p99 at batch 1, items/s at batch {largest} unless (bN) says" if largest else "")
+    if not measured_energy:
+        legend += "; energy: n/a (no readable power counters)"
+    if narrow:
+        legend = legend.replace("p50/p99", "p50") + "; acc = top-1 accuracy; widen the terminal for more columns"
+    elif compact:
+        legend += "; acc = top-1 accuracy, agree = top-1 agreement with the reference"
     if console is not None:
+        from rich.text import Text
+
         console.print(table)
+        console.print(Text(legend, style="dim"))
+        for i, line in enumerate(footnotes, 1):  # printed as wrapped text: a table caption would be cropped
+            console.print(Text(f"[{i}] {line}"))
+    else:
+        table.caption = _escape("\n".join([legend, *(f"[{i}] {line}" for i, line in enumerate(footnotes, 1))]))
+        table.caption_justify = "left"
     return table
 
 
@@ -223,7 +281,8 @@ def _blank(x: Any) -> Any:
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A table cell: pipes escaped, one line, no raw HTML (labels and notes can come from user files)."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _environment_lines(env: dict[str, Any]) -> list[str]:
@@ -257,9 +316,11 @@ def write_markdown(results: BenchResults, path: Path) -> Path:
     if results.created:
         out += [f"Created {results.created}.", ""]
     out += ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    largest = largest_batch(results)
     for row in results.rows:
-        out.append("| " + " | ".join(_md(c) for c in row_cells(row)) + " |")
-    out += ["", "p50/p99 at batch 1 and items/s at the largest batch unless (bN) says; Δacc = accuracy − reference.", ""]
+        out.append("| " + " | ".join(_md(c) for c in row_cells(row, largest_batch=largest)) + " |")
+    out += ["", f"p50/p99 at batch 1, items/s at batch {largest} unless (bN) says (async = throughput mode); "
+            "mJ/inf = energy per inference where power counters are readable; Δacc = accuracy − reference.", ""]
     cfg = results.config or {}
     if cfg:
         timing = cfg.get("timing") or {}

@@ -266,6 +266,7 @@ def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, poo
     sync = getattr(session, "synchronize", None)
     meter = EnergyMeter(Path(config.powercap_root))
     seconds = config.throughput_seconds or max(config.timing.min_seconds, 0.05)
+    noisy: list[str] = []
     for b in _batch_sizes(artifact, config, row):
         feed = make_feed(artifact.inputs, b, pool, rng)
         if config.latency:
@@ -278,7 +279,7 @@ def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, poo
             row.throughput[b] = b * stats.n / stats.total_seconds if stats.total_seconds > 0 else float("inf")
             row.energy[b] = energy_record(meter, before, after, stats.n, b)
             if stats.high_cv:
-                row.add_note(f"batch {b}: noisy run (CV {stats.cv:.2f}); compare with care")
+                noisy.append(f"{stats.cv:.2f} (b{b})")
             step(f"timed batch {b}: p50 {stats.p50:.3f} ms", advance=True)
         if config.throughput:
             step(f"throughput batch {b}")
@@ -286,6 +287,8 @@ def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, poo
                                       warmup_seconds=config.timing.warmup_seconds, streams=config.streams)
             row.async_throughput[b] = tput
             step(f"throughput batch {b}: {tput.items_per_second:.1f} items/s", advance=True)
+    if noisy:  # one note per row: the table shows it whole
+        row.add_note(f"noisy run, CV {', '.join(noisy)}: compare with care")
 
 
 def _measure_all(
