@@ -204,3 +204,15 @@ def test_items_per_second_prefers_the_throughput_mode_and_energy_shows_when_meas
     assert row_cells(row)[10] == "4.2"  # 0.0042 J = 4.2 mJ per inference
     assert row_cells(results.rows[1])[10] == "n/a"
     assert "mJ/inf" in _rendered(results, 200)
+
+
+def test_csv_carries_throughput_mode_and_energy(tmp_path: Path, results: BenchResults) -> None:
+    from modelport.benchmark.throughput import ThroughputStats
+
+    results.rows[0].async_throughput = {32: ThroughputStats(batch=32, completed=10, seconds=1.0, streams=1,
+                                                            requests=1, engine="x")}
+    results.rows[0].energy = {1: {"status": "ok", "joules_per_inference": 0.5}}
+    lines = list(csv.DictReader(write_csv(results, tmp_path / "r.csv").open()))
+    assert float(lines[0]["async_items_per_s_b32"]) == 320.0
+    assert float(lines[0]["joules_per_inference_b1"]) == 0.5
+    assert lines[1]["async_items_per_s_b32"] == "" and lines[1]["joules_per_inference_b1"] == ""

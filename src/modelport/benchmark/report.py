@@ -238,7 +238,7 @@ def _escape(text: str) -> str:
 
 
 def _batches(results: BenchResults) -> list[int]:
-    return sorted({b for r in results.rows for b in (*r.latency, *r.throughput)})
+    return sorted({b for r in results.rows for b in (*r.latency, *r.throughput, *r.async_throughput)})
 
 
 def write_csv(results: BenchResults, path: Path) -> Path:
@@ -250,7 +250,8 @@ def write_csv(results: BenchResults, path: Path) -> Path:
         "max_rel_diff", "cosine", "rss_before_load_mb", "rss_after_load_mb", "rss_peak_mb", "threads",
     ]
     for b in batches:
-        head += [f"p50_ms_b{b}", f"p90_ms_b{b}", f"p99_ms_b{b}", f"mean_ms_b{b}", f"n_b{b}", f"items_per_s_b{b}"]
+        head += [f"p50_ms_b{b}", f"p90_ms_b{b}", f"p99_ms_b{b}", f"mean_ms_b{b}", f"n_b{b}", f"items_per_s_b{b}",
+                 f"async_items_per_s_b{b}", f"joules_per_inference_b{b}"]
     head += ["notes", "path", "sha256"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -267,8 +268,10 @@ def write_csv(results: BenchResults, path: Path) -> Path:
         ]
         for b in batches:
             s = r.latency.get(b)
+            t = r.async_throughput.get(b)
             line += [_blank(s and s.p50), _blank(s and s.p90), _blank(s and s.p99), _blank(s and s.mean),
-                     _blank(s and s.n), _blank(r.throughput.get(b))]
+                     _blank(s and s.n), _blank(r.throughput.get(b)), _blank(t and t.items_per_second),
+                     _blank((r.energy.get(b) or {}).get("joules_per_inference"))]
         line += ["; ".join(r.notes), r.path, r.sha256]
         writer.writerow(line)
     path = Path(path)
