@@ -14,6 +14,7 @@ an unstructured-pruned model stored dense says so instead of looking like a win.
     [bench]
     batch_sizes = [1, 32]
     min_seconds = 0.3
+    isolate = true                  # default: each artifact in its own child process (peak memory, crashes)
 
     [[variant]]
     name = "baseline"               # no steps, FP32: what every other variant is compared with
@@ -162,11 +163,11 @@ class Matrix:
 
         b = self.bench
         timing = TimingConfig(**{k: b[k] for k in ("warmup_iters", "warmup_seconds", "min_iters", "min_seconds", "max_seconds") if k in b})
-        # in-process by default: a model whose structure a recipe changed (structured pruning, low-rank) is
-        # registered in this process only, so an isolated child could not rebuild its eager reference
+        # isolated by default, like `modelport bench`: a reference whose structure a recipe changed (structured
+        # pruning, low-rank) is saved as a torch.export program a child process loads; `isolate = false` opts out
         return BenchConfig(
             timing=timing, batch_sizes=tuple(b.get("batch_sizes", (1, 32))), threads=b.get("threads"),
-            eval_limit=b.get("eval_limit"), isolate=bool(b.get("isolate", False)),
+            eval_limit=b.get("eval_limit"), isolate=bool(b.get("isolate", True)),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """PyTorch eager: the reference every exported artifact is compared with.
 
 A PYTORCH artifact is a safetensors state dict plus ``details["arch"]``/``details["model_kwargs"]`` to rebuild
-the module. The Python API can also benchmark any ``nn.Module`` without an architecture name: it registers the
-module in-process under the artifact's sha256 (``register_module``); lookup order is registry, then arch.
+the module. When no registry architecture fits (a Python-API module, or a recipe that changed the structure:
+structured pruning, low-rank), ``convert`` also saves the module as a ``torch.export`` program
+(``details["program"]``, dynamic batch) so that a separate process (``bench``'s isolated children, a later
+``modelport bench``) can load it. In-process, the module is also registered under the artifact's sha256
+(``register_module``); lookup order is registry, then arch, then program.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +40,56 @@ def unregister_module(sha256: str) -> None:
     _MODULES.pop(sha256, None)
 
 
+def export_program(module: "nn.Module", examples: Mapping[str, Any], path: Path) -> str:
+    """Save ``module`` (in eval mode) as a ``torch.export`` program with a dynamic batch dimension; return its sha256.
+
+    The examples are repeated to batch 2 first: an example batch of 1 would specialise the batch dimension."""
+    import torch
+
+    from modelport.core.files import atomic_path, sha256_file
+
+    ex = {k: torch.cat([v, v]) if v.shape[0] == 1 else v for k, v in examples.items()}
+    dyn = torch.export.Dim.DYNAMIC
+    was_training = module.training
+    module.eval()
+    try:
+        if len(ex) == 1:
+            program = torch.export.export(module, (next(iter(ex.values())),), dynamic_shapes=({0: dyn},))
+        else:
+            program = torch.export.export(module, (), kwargs=ex, dynamic_shapes={k: {0: dyn} for k in ex})
+    finally:
+        module.train(was_training)
+    with atomic_path(Path(path)) as tmp:
+        torch.export.save(program, str(tmp))
+    return sha256_file(Path(path))
+
+
+def _load_program(artifact: Artifact, name: str) -> "nn.Module":
+    """The module of the artifact's ``torch.export`` program, after checking the file's sha256 against the manifest.
+
+    Trusted files only: ``torch.export.load`` unpickles (its own docs: "uses pickle under the hood ... never load
+    data from an untrusted source"; tensors and constants in the archive go through ``torch.load``/``pickle``).
+    So it is loaded only when its sha256 equals the one ``convert`` recorded in the manifest; a swapped or edited
+    file is refused before any byte of it is unpickled. Bundles never carry this file."""
+    import torch
+
+    from modelport.core.files import sha256_file
+
+    expected = artifact.details.get("program_sha256")
+    path = artifact.path.parent / name
+    if Path(name).name != name or not path.is_file():
+        raise CheckpointError(f"PyTorch program '{name}' of {artifact.path} is missing or not a plain file name.",
+                              fix="convert the checkpoint again.")
+    actual = sha256_file(path)
+    if not expected or actual != expected:
+        raise CheckpointError(
+            f"PyTorch program {path} has sha256 {actual}, not the {expected or '(none)'} recorded in the manifest; "
+            "it is refused (torch.export files unpickle, so only the file convert wrote is loaded).",
+            fix="convert the checkpoint again rather than editing or copying files into its folder.",
+        )
+    return torch.export.load(str(path)).module()
+
+
 def _to_numpy_list(out: Any) -> list[np.ndarray]:
     """Flatten a tensor / tuple / list / dict of tensors into numpy arrays, in order."""
     import torch
@@ -51,11 +105,15 @@ def _to_numpy_list(out: Any) -> list[np.ndarray]:
 
 def module_for(artifact: Artifact) -> "nn.Module":
     """The module behind a PYTORCH artifact: the one registered for its sha256 (Python API), else rebuilt from
-    ``details['arch']`` + ``model_kwargs`` and its safetensors file. Converters that start from PyTorch use it too."""
+    ``details['arch']`` + ``model_kwargs`` and its safetensors file, else loaded from its ``torch.export`` program
+    (``details['program']``, sha256-checked). Converters that start from PyTorch use it too."""
     sha = artifact.sha256
     if sha and sha in _MODULES:
         return _MODULES[sha]
     arch = artifact.details.get("arch")
+    program = artifact.details.get("program")
+    if not arch and isinstance(program, str):
+        return _load_program(artifact, program)
     if not arch:
         raise RuntimeUnavailableError(
             f"PyTorch artifact {artifact.path} has no registered module for sha256 '{sha or '(none)'}' "
@@ -104,7 +162,10 @@ class TorchEagerSession(Session):
             import copy
 
             module = copy.deepcopy(module).to("cuda")  # never move the caller's registered module
-        module.eval()
+        try:
+            module.eval()
+        except NotImplementedError:  # a torch.export program's module: traced in eval mode already, has no mode
+            self._was_training = False
         if self.threads is not None:
             self._prev_threads = torch.get_num_threads()
             torch.set_num_threads(int(self.threads))
