@@ -309,19 +309,28 @@ def test_unknown_schema_and_hostile_paths_in_the_manifest(bundles: dict[str, Pat
     assert "not a clean path inside the bundle" in verify(folder).failures()[0].detail
 
 
-@pytest.mark.parametrize("damage", ["truncated", "fuzzed"])
+@pytest.mark.parametrize(("damage", "isolate"), [("truncated", True), ("fuzzed", True), ("fuzzed", False)])
 def test_fuzzed_model_is_an_invalid_model_and_the_bench_run_goes_on(
-    bundles: dict[str, Path], tmp_path: Path, damage: str
+    bundles: dict[str, Path], tmp_path: Path, damage: str, isolate: bool
 ) -> None:
-    """The int8 model is damaged and the manifest re-hashed: the hash check passes, the model itself is bad."""
+    """The int8 model is damaged and the manifest re-hashed: the hash check passes, the model itself is bad.
+    Isolated (default), each artifact runs in its own child that checks the file first; in-process, a probe child
+    test-loads it."""
+    import dataclasses
+
     folder = _extract(bundles["legacy-cpu"], tmp_path / "b")
     model = folder / "legacy-cpu/int8/model.onnx"
     size = model.stat().st_size
     model.write_bytes(model.read_bytes()[: size // 3] if damage == "truncated" else np.random.default_rng(0).bytes(size))
     _rehash(folder)
-    results = bench(folder, config=FAST)
+    results = bench(folder, config=dataclasses.replace(FAST, isolate=isolate))
     fp32, int8 = results.rows
     assert fp32.ok and fp32.latency
+    if isolate:  # per-artifact child: its own peak memory, like a convert folder's rows
+        assert fp32.isolation["mode"] == int8.isolation["mode"] == "subprocess"
+        assert fp32.memory["rss_peak_mb"] > 0 and fp32.isolation["peak_rss_source"] in ("VmHWM", "getrusage")
+    else:
+        assert not fp32.isolation
     assert int8.status.startswith("failed: ") and "invalid model" in int8.status
     assert not int8.latency and int8.accuracy is None
     report = verify(folder)

@@ -42,7 +42,7 @@ JOB_FILE, DATA_FILE, ROW_FILE = "job.json", "data.npz", "row.json"
 
 def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str, config: Any, label: str | None,
                eval_feeds: Feeds | None, reference_outputs: list[np.ndarray] | None,
-               reference_accuracy: float | None) -> None:
+               reference_accuracy: float | None, untrusted: bool = False) -> None:
     arrays: dict[str, np.ndarray] = {}
     names: list[str] = []
     batches = 0
@@ -68,6 +68,7 @@ def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str,
         "labels": eval_feeds is not None and eval_feeds.labels is not None,
         "references": len(reference_outputs or []),
         "reference_accuracy": reference_accuracy,
+        "untrusted": untrusted,
     })
 
 
@@ -110,10 +111,13 @@ def run_isolated(
     label: str | None = None,
     progress: Any = None,
     timeout: float | None = None,
+    untrusted: bool = False,
 ) -> ArtifactResult:
     """Benchmark ``artifact`` in a fresh Python process; never raises for what happens in the child.
 
     ``runtime_spec`` is the runtime's ``"module:attr"`` (the registry's value), resolved in the child.
+    ``untrusted`` (a bundle from elsewhere): the child first checks an ONNX file as ``convert`` would (parses,
+    external data stays beside it); a file that fails becomes ``failed: invalid model: …`` without being run.
     """
     timeout = timeout if timeout is not None else config.artifact_timeout
     folder = Path(tempfile.mkdtemp(prefix="modelport-bench-"))
@@ -121,9 +125,9 @@ def run_isolated(
     isolation: dict[str, Any] = {"mode": "subprocess", "timeout_s": timeout}
     try:
         _write_job(folder, artifact, runtime_spec, device, config, label, eval_feeds, reference_outputs,
-                   reference_accuracy)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelport.benchmark.isolation", str(folder)],
+                   reference_accuracy, untrusted)
+        proc = subprocess.Popen(  # -P: never import from the working directory
+            [sys.executable, "-P", "-m", "modelport.benchmark.isolation", str(folder)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
             errors="replace", cwd=folder,
         )
@@ -201,11 +205,41 @@ class _ChildProgress:
         _emit({"step": [label, done, total]})
 
 
+def _untrusted_problem(artifact: Artifact) -> str | None:
+    """Why an untrusted artifact must not be run (``invalid model: …``), or None. ONNX only: other formats are
+    checked by their runtime's loader, which a crash confines to this child."""
+    from modelport.core.types import Format
+
+    if artifact.format is not Format.ONNX:
+        return None
+    from modelport.converters.onnx import onnx_artifact_from_file
+    from modelport.errors import ModelportError
+
+    try:
+        onnx_artifact_from_file(Path(artifact.path))
+    except ModelportError as exc:
+        detail = exc.message
+    except Exception as exc:  # noqa: BLE001 - the parser's own error on a hostile file is the answer
+        detail = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    else:
+        return None
+    return detail if "invalid model" in detail else f"invalid model: {detail}"
+
+
 def _child(folder: Path) -> int:
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
     from modelport.core.registry import resolve
 
     job = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+    artifact = Artifact.from_dict(job["artifact"])
+    config = BenchConfig.from_dict(job["config"])
+    problem = _untrusted_problem(artifact) if job.get("untrusted") else None
+    if problem is not None:
+        row = ArtifactResult.for_artifact(artifact, runtime=resolve(job["runtime"]).name, device=job["device"],
+                                          label=job["label"], threads=config.threads)
+        row.status = f"failed: {problem}"
+        atomic_write_json(folder / ROW_FILE, row.to_dict())
+        return 0
     with np.load(folder / DATA_FILE, allow_pickle=False) as data:
         names, n = job["input_names"], int(job["batches"])
         feeds = None
@@ -216,8 +250,7 @@ def _child(folder: Path) -> int:
         refs = [data[f"ref_{i}"] for i in range(int(job["references"]))] or None
     runtime = resolve(job["runtime"])()
     row = benchmark_artifact(
-        Artifact.from_dict(job["artifact"]), runtime=runtime, device=job["device"],
-        config=BenchConfig.from_dict(job["config"]), eval_feeds=feeds, reference_outputs=refs,
+        artifact, runtime=runtime, device=job["device"], config=config, eval_feeds=feeds, reference_outputs=refs,
         reference_accuracy=job["reference_accuracy"], label=job["label"], progress=_ChildProgress(),
     )
     peak, source = peak_rss_mb()

@@ -1,8 +1,11 @@
 """``modelport bench BUNDLE``: benchmark a bundle in place on the device, with nothing but the bundle.
 
 Evaluation data and the reference are the bundled samples (inputs, labels, FP32 reference outputs), so no dataset
-or PyTorch model is needed on the device. Each artifact's files are hash-checked and the artifact is first loaded
-in a child process (``probe``): a tampered or fuzzed model becomes a ``failed: …`` row and the run goes on.
+or PyTorch model is needed on the device. Each artifact's files are hash-checked, then it is benchmarked in a fresh
+child process (``benchmark.isolation``, as for a convert folder: its own peak memory, and a crash is a failed row)
+that first checks an ONNX file as hostile input; a tampered or fuzzed model becomes a ``failed: …`` row and the run
+goes on. With ``BenchConfig(isolate=False)`` the artifact is test-loaded in a child (``probe``) and then benchmarked
+in-process.
 Results use the ordinary ``modelport.results`` schema with the same row labels as ``bench`` of a convert folder,
 so ``modelport report`` can merge runs from several devices.
 """
@@ -59,7 +62,8 @@ def bench_bundle(
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
     from modelport.bundle import opened_bundle
     from modelport.errors import ManifestError
-    from modelport.runtimes import get_runtime
+    from modelport.benchmark.isolation import run_isolated
+    from modelport.runtimes import RUNTIMES, get_runtime
 
     say = progress or (lambda _m: None)
     bundle = Path(bundle).absolute()
@@ -88,7 +92,7 @@ def bench_bundle(
             why = None
             if mine:
                 why = f"failed: hash check: {'; '.join(mine)}"
-            elif runtime.device_available(device)[0]:
+            elif not config.isolate and runtime.device_available(device)[0]:
                 say(f"{label}: test-loading in a separate process")
                 reason = probe_load(art, runtime_name, device)
                 why = None if reason is None else f"failed: {reason}"
@@ -101,10 +105,17 @@ def bench_bundle(
                 say(f"{label}: {why}")
                 continue
             say(f"benchmarking {label}")
-            row = benchmark_artifact(
-                art, runtime=runtime, device=device, config=config, eval_feeds=feeds,
-                reference_outputs=[reference], reference_accuracy=ref_accuracy, label=label, progress=say,
-            )
+            if config.isolate:  # the child checks the untrusted file before loading it; a crash is a failed row
+                row = run_isolated(
+                    art, runtime_spec=RUNTIMES[runtime_name], runtime_name=runtime_name, device=device,
+                    config=config, eval_feeds=feeds, reference_outputs=[reference], reference_accuracy=ref_accuracy,
+                    label=label, progress=progress, untrusted=True,
+                )
+            else:
+                row = benchmark_artifact(
+                    art, runtime=runtime, device=device, config=config, eval_feeds=feeds,
+                    reference_outputs=[reference], reference_accuracy=ref_accuracy, label=label, progress=say,
+                )
             row.path = art.path.relative_to(folder).as_posix()  # a temporary unpack folder means nothing later
             rows.append(row)
         from modelport.benchmark.environment import collect_environment
