@@ -128,3 +128,30 @@ def test_peak_rss_reads_the_kernel_high_water_mark() -> None:
     after, _ = peak_rss_mb()
     assert source == "VmHWM" and after >= before and after > 64
     del block
+
+
+def test_the_evaluation_data_is_written_once_per_run_and_removed_at_its_end(
+    linear_onnx: LinearModel, labelled_data  # noqa: ANN001
+) -> None:
+    from modelport.benchmark.isolation import shared_eval_data
+
+    x, labels, acc = labelled_data
+    feeds = Feeds.from_array(x, labels, batch_size=16)
+    reference = [linear_onnx.forward(b["input"]) for b in feeds.batches]
+    art = artifact_for(linear_onnx.path)
+    config = BenchConfig(timing=FAST, batch_sizes=(1,), threads=1, eval_batch_size=16)
+    with shared_eval_data(feeds, reference) as data:
+        written = data.path.stat().st_mtime_ns
+        # no feeds or reference passed here: the children can only have read them from the shared file
+        rows = [run_isolated(art, runtime_spec=RUNTIMES["onnxruntime"], runtime_name="onnxruntime", device="CPU",
+                             config=config, eval_feeds=None, reference_outputs=None, reference_accuracy=0.5,
+                             data=data) for _ in range(2)]
+        assert data.path.stat().st_mtime_ns == written  # read, never rewritten
+    assert not data.path.parent.exists()
+    for row in rows:
+        assert row.status == "ok", row.status
+        assert row.accuracy == pytest.approx(acc) and row.agreement["max_abs_diff"] < 1e-5
+    assert rows[0].isolation["pid"] != rows[1].isolation["pid"]
+    with pytest.raises(RuntimeError, match="boom"), shared_eval_data(feeds, reference) as failed:
+        raise RuntimeError("boom")
+    assert not failed.path.parent.exists()  # removed on error too

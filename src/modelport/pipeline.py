@@ -6,6 +6,7 @@ labels) goes through the same path as a registry model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 from collections.abc import Callable, Iterable, Mapping
@@ -744,37 +745,43 @@ def bench(
     ref_accuracy = _accuracy(reference, feeds) if reference is not None else None
 
     rows = []
-    for art in manifest.artifacts:
-        is_ref = bool(art.details.get("reference"))
-        if art.profile is None and not (include_reference and is_ref or art.format is Format.ONNX):
-            continue
-        if art.profile is not None and selected is not None and art.profile not in selected:
-            continue
-        runtime_name, device, label = _runtime_for(art)
-        say(f"benchmarking {label}")
-        from modelport.runtimes import RUNTIMES, get_runtime
+    with contextlib.ExitStack() as cleanup:
+        shared = None
+        if config.isolate:  # evaluation data written once for all children, removed at the end (also on error)
+            from modelport.benchmark.isolation import shared_eval_data
 
-        if config.isolate:  # a fresh subprocess per artifact: own peak memory, a crash becomes a failed row
-            from modelport.benchmark.isolation import run_isolated
+            shared = cleanup.enter_context(shared_eval_data(feeds, reference))
+        for art in manifest.artifacts:
+            is_ref = bool(art.details.get("reference"))
+            if art.profile is None and not (include_reference and is_ref or art.format is Format.ONNX):
+                continue
+            if art.profile is not None and selected is not None and art.profile not in selected:
+                continue
+            runtime_name, device, label = _runtime_for(art)
+            say(f"benchmarking {label}")
+            from modelport.runtimes import RUNTIMES, get_runtime
 
-            row = run_isolated(
-                art, runtime_spec=RUNTIMES[runtime_name], runtime_name=runtime_name, device=device, config=config,
-                eval_feeds=feeds, reference_outputs=reference, reference_accuracy=ref_accuracy, label=label,
-                progress=progress,
-            )
-        else:
-            row = benchmark_artifact(
-                art,
-                runtime=get_runtime(runtime_name),
-                device=device,
-                config=config,
-                eval_feeds=feeds,
-                reference_outputs=reference,
-                reference_accuracy=ref_accuracy,
-                label=label,
-                progress=progress,
-            )
-        rows.append(row)
+            if config.isolate:  # a fresh subprocess per artifact: own peak memory, a crash becomes a failed row
+                from modelport.benchmark.isolation import run_isolated
+
+                row = run_isolated(
+                    art, runtime_spec=RUNTIMES[runtime_name], runtime_name=runtime_name, device=device, config=config,
+                    eval_feeds=feeds, reference_outputs=reference, reference_accuracy=ref_accuracy, label=label,
+                    progress=progress, data=shared,
+                )
+            else:
+                row = benchmark_artifact(
+                    art,
+                    runtime=get_runtime(runtime_name),
+                    device=device,
+                    config=config,
+                    eval_feeds=feeds,
+                    reference_outputs=reference,
+                    reference_accuracy=ref_accuracy,
+                    label=label,
+                    progress=progress,
+                )
+            rows.append(row)
 
     results = BenchResults(
         created=_now(),

@@ -2,8 +2,9 @@
 
 Why a subprocess: a runtime keeps thread pools, arenas and caches for the life of the process, so an artifact
 measured after another inherits its memory and its spinning threads; and a native crash (segfault, abort, OOM
-kill) in one runtime would end the whole benchmark. The parent writes a job folder (``job.json`` + ``data.npz``,
-no pickles), starts ``python -m modelport.benchmark.isolation JOB``, relays its progress, and reads back the row
+kill) in one runtime would end the whole benchmark. The evaluation data and reference outputs are written once per
+bench run (``shared_eval_data``: one ``data.npz``, no pickles, ~120 MB for full CIFAR-10) and every child reads
+that file; per artifact the parent writes a job folder (``job.json``), starts ``python -m modelport.benchmark.isolation JOB``, relays its progress, and reads back the row
 as JSON. A child that dies by a signal becomes ``failed: crashed (signal N, NAME)``; one that runs past the
 timeout is killed and becomes ``failed: timed out``; the run goes on with the next artifact.
 
@@ -13,6 +14,7 @@ covers loading, evaluation and every timing loop), with ``getrusage`` as a fallb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
@@ -23,6 +25,8 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +44,16 @@ JOB_FILE, DATA_FILE, ROW_FILE = "job.json", "data.npz", "row.json"
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str, config: Any, label: str | None,
-               eval_feeds: Feeds | None, reference_outputs: list[np.ndarray] | None,
-               reference_accuracy: float | None, untrusted: bool = False) -> None:
+@dataclass(frozen=True)
+class EvalData:
+    """Evaluation batches, labels and reference outputs in one ``.npz`` that every child of a run reads."""
+
+    path: Path
+    meta: dict[str, Any]  # input_names, batches, labels, references: how the child rebuilds Feeds from the file
+
+
+def write_eval_data(path: Path, eval_feeds: Feeds | None, reference_outputs: list[np.ndarray] | None) -> EvalData:
+    """Write the arrays (plain ``.npz``, read back with ``allow_pickle=False``) and describe them."""
     arrays: dict[str, np.ndarray] = {}
     names: list[str] = []
     batches = 0
@@ -56,17 +67,35 @@ def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str,
                 arrays[f"label_{i}"] = np.asarray(eval_feeds.labels[i])
     for i, ref in enumerate(reference_outputs or []):
         arrays[f"ref_{i}"] = np.asarray(ref)
-    np.savez(folder / DATA_FILE, **arrays)
+    np.savez(path, **arrays)
+    return EvalData(path=Path(path).absolute(), meta={
+        "input_names": names,
+        "batches": batches,
+        "labels": eval_feeds is not None and eval_feeds.labels is not None,
+        "references": len(reference_outputs or []),
+    })
+
+
+@contextlib.contextmanager
+def shared_eval_data(eval_feeds: Feeds | None, reference_outputs: list[np.ndarray] | None) -> Iterator[EvalData]:
+    """The run's evaluation data written once to a temporary folder, removed on exit (also on error)."""
+    folder = Path(tempfile.mkdtemp(prefix="modelport-bench-data-"))
+    try:
+        yield write_eval_data(folder / DATA_FILE, eval_feeds, reference_outputs)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str, config: Any, label: str | None,
+               data: EvalData, reference_accuracy: float | None, untrusted: bool = False) -> None:
     atomic_write_json(folder / JOB_FILE, {
         "artifact": artifact.to_dict(),
         "runtime": runtime_spec,
         "device": device,
         "config": config.to_dict(),
         "label": label,
-        "input_names": names,
-        "batches": batches,
-        "labels": eval_feeds is not None and eval_feeds.labels is not None,
-        "references": len(reference_outputs or []),
+        "data": str(data.path),
+        **data.meta,
         "reference_accuracy": reference_accuracy,
         "untrusted": untrusted,
     })
@@ -112,20 +141,24 @@ def run_isolated(
     progress: Any = None,
     timeout: float | None = None,
     untrusted: bool = False,
+    data: EvalData | None = None,
 ) -> ArtifactResult:
     """Benchmark ``artifact`` in a fresh Python process; never raises for what happens in the child.
 
     ``runtime_spec`` is the runtime's ``"module:attr"`` (the registry's value), resolved in the child.
     ``untrusted`` (a bundle from elsewhere): the child first checks an ONNX file as ``convert`` would (parses,
     external data stays beside it); a file that fails becomes ``failed: invalid model: …`` without being run.
+    ``data``: the run's ``shared_eval_data`` (then ``eval_feeds``/``reference_outputs`` are not written again);
+    without it this call writes its own copy into the job folder.
     """
     timeout = timeout if timeout is not None else config.artifact_timeout
     folder = Path(tempfile.mkdtemp(prefix="modelport-bench-"))
     started = time.perf_counter()
     isolation: dict[str, Any] = {"mode": "subprocess", "timeout_s": timeout}
     try:
-        _write_job(folder, artifact, runtime_spec, device, config, label, eval_feeds, reference_outputs,
-                   reference_accuracy, untrusted)
+        if data is None:
+            data = write_eval_data(folder / DATA_FILE, eval_feeds, reference_outputs)
+        _write_job(folder, artifact, runtime_spec, device, config, label, data, reference_accuracy, untrusted)
         proc = subprocess.Popen(  # -P: never import from the working directory
             [sys.executable, "-P", "-m", "modelport.benchmark.isolation", str(folder)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -240,7 +273,7 @@ def _child(folder: Path) -> int:
         row.status = f"failed: {problem}"
         atomic_write_json(folder / ROW_FILE, row.to_dict())
         return 0
-    with np.load(folder / DATA_FILE, allow_pickle=False) as data:
+    with np.load(job.get("data") or folder / DATA_FILE, allow_pickle=False) as data:
         names, n = job["input_names"], int(job["batches"])
         feeds = None
         if n:

@@ -12,6 +12,7 @@ so ``modelport report`` can merge runs from several devices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import datetime as _dt
@@ -62,14 +63,14 @@ def bench_bundle(
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
     from modelport.bundle import opened_bundle
     from modelport.errors import ManifestError
-    from modelport.benchmark.isolation import run_isolated
+    from modelport.benchmark.isolation import run_isolated, shared_eval_data
     from modelport.runtimes import RUNTIMES, get_runtime
 
     say = progress or (lambda _m: None)
     bundle = Path(bundle).absolute()
     config = config or BenchConfig()
     out_dir = Path(out) if out is not None else default_out(bundle)
-    with opened_bundle(bundle) as folder:
+    with opened_bundle(bundle) as folder, contextlib.ExitStack() as cleanup:
         manifest = BundleManifest.read(folder)
         _check_profiles(profiles, manifest.profile_name)
         problems = file_problems(manifest)
@@ -85,6 +86,8 @@ def bench_bundle(
         runtime_name = manifest.profile["runtime"]
         device = device or manifest.profile["device"]
         runtime = get_runtime(runtime_name)
+        # isolated: the samples are written once for every child and removed at the end (also on error)
+        shared = cleanup.enter_context(shared_eval_data(feeds, [reference])) if config.isolate else None
         rows = []
         for art in manifest.artifacts:
             label = f"{manifest.profile_name}/{art.precision}"
@@ -109,7 +112,7 @@ def bench_bundle(
                 row = run_isolated(
                     art, runtime_spec=RUNTIMES[runtime_name], runtime_name=runtime_name, device=device,
                     config=config, eval_feeds=feeds, reference_outputs=[reference], reference_accuracy=ref_accuracy,
-                    label=label, progress=progress, untrusted=True,
+                    label=label, progress=progress, untrusted=True, data=shared,
                 )
             else:
                 row = benchmark_artifact(
