@@ -45,6 +45,45 @@ def _progress(message: str) -> None:
     err_console.print(f"[dim]→ {message}[/dim]")
 
 
+class _Steps:
+    """Progress for multi-step work (conversion, calibration, packing): a spinner with the running step and its
+    elapsed time on a terminal, each finished step kept as a line with its duration; plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self._status: Any = None
+        self._current: str | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> "_Steps":
+        if err_console.is_terminal:
+            self._status = err_console.status("starting")
+            self._status.__enter__()
+        return self
+
+    def __call__(self, message: str) -> None:
+        import time
+
+        if self._status is None:
+            _progress(message)
+            return
+        self._finish()
+        self._current, self._started = message, time.perf_counter()
+        self._status.update(f"{escape(message)}")
+
+    def _finish(self) -> None:
+        import time
+
+        if self._current is not None:
+            err_console.print(f"[dim]✓ {escape(self._current)} ({time.perf_counter() - self._started:.1f} s)[/dim]")
+            self._current = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            if exc[0] is None:
+                self._finish()
+            self._status.__exit__(*exc)
+
+
 def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -71,6 +110,7 @@ def demo(
     Offline, no arguments.\n
     Example:  modelport demo
     """
+    from modelport.benchmark.progress import BenchProgress
     from modelport.benchmark.report import render_table
     from modelport.benchmark.runner import BenchConfig
     from modelport.benchmark.timing import TimingConfig
@@ -89,16 +129,18 @@ def demo(
     console.print(f"trained simple-mnist: test accuracy {report.test_accuracy * 100:.1f}% in {report.seconds:.1f} s")
     ckpt = folder / "simple-mnist.safetensors"
     save_state_dict(model, ckpt)
-    result = convert(
-        ckpt, arch="simple-mnist", dataset="digits", out=folder / "artifacts", overwrite=True, progress=_progress
-    )
+    with _Steps() as steps:
+        result = convert(
+            ckpt, arch="simple-mnist", dataset="digits", out=folder / "artifacts", overwrite=True, progress=steps
+        )
     _print_conversion(result)
     config = BenchConfig(
         timing=TimingConfig(warmup_iters=5, warmup_seconds=0.1, min_iters=30, min_seconds=0.4),
         batch_sizes=(1, 32),
         threads=threads,
     )
-    results = bench(result.out_dir, config=config, progress=_progress)
+    with BenchProgress(err_console) as bars:
+        results = bench(result.out_dir, config=config, progress=bars)
     render_table(results, console)
     console.print(
         f"results: {result.out_dir / 'results.json'}, results.csv, results.md, report.html\n"
@@ -170,24 +212,25 @@ def convert_cmd(
     """
     from modelport.pipeline import convert
 
-    result = convert(
-        checkpoint,
-        out=out,
-        arch=arch,
-        dataset=dataset,
-        dataset_root=dataset_root,
-        profiles=profiles,
-        precisions=precisions,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        calibration_size=calibration_size,
-        trust_pickle=trust_pickle,
-        overwrite=overwrite,
-        recipe=recipe,
-        compression_seconds=max_train_seconds,
-        progress=_progress,
-    )
+    with _Steps() as steps:
+        result = convert(
+            checkpoint,
+            out=out,
+            arch=arch,
+            dataset=dataset,
+            dataset_root=dataset_root,
+            profiles=profiles,
+            precisions=precisions,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            calibration_size=calibration_size,
+            trust_pickle=trust_pickle,
+            overwrite=overwrite,
+            recipe=recipe,
+            compression_seconds=max_train_seconds,
+            progress=steps,
+        )
     _print_conversion(result)
     _print_recipe(result)
 
@@ -240,7 +283,8 @@ def sweep_cmd(
     """
     from modelport.compression.sweep import render_sweep, run_sweep
 
-    result = run_sweep(matrix, out=out, overwrite=overwrite, progress=_progress)
+    with _Steps() as steps:
+        result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps)
     render_sweep(result, console)
     console.print(f"wrote {result.out_dir / 'sweep.json'}, sweep.csv, sweep.md")
 
@@ -359,7 +403,8 @@ def pack_cmd(
     """
     from modelport.bundle.pack import pack
 
-    path = pack(folder, profile=profile, out=out, overwrite=overwrite, progress=_progress)
+    with _Steps() as steps:
+        path = pack(folder, profile=profile, out=out, overwrite=overwrite, progress=steps)
     console.print(f"wrote {escape(str(path))}\non the device:  modelport verify {escape(path.name)}   or   python run.py")
 
 
