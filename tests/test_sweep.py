@@ -98,7 +98,7 @@ def test_sweep_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    with pytest.raises(InputError, match="not a sweep folder"):
+    with pytest.raises(InputError, match="so modelport did not make it"):
         run_sweep(m, out=out, overwrite=True)
     assert (out / "notes.txt").read_text() == "keep"
 

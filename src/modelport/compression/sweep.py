@@ -33,20 +33,17 @@ every model included, is checked before anything is trained; nothing appears und
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
-import shutil
-import tempfile
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelport.compression.recipe import Recipe, jsonable
 from modelport.core.files import atomic_write_json, atomic_write_text
+from modelport.core.outdir import check_out_dir, staged_dir
 from modelport.errors import InputError, ModelportError
 
 if TYPE_CHECKING:
@@ -487,9 +484,9 @@ def run_sweep(
     say = progress or _quiet
     m = matrix if isinstance(matrix, Matrix) else Matrix.from_file(matrix)
     out_path = Path(out).absolute()
-    _check_sweep_out(out_path, overwrite)
+    check_out_dir(out_path, overwrite=overwrite, marker=RESULTS_NAME)  # before any training
     start = time.perf_counter()
-    with _staged(out_path) as stage:
+    with staged_dir(out_path, overwrite=overwrite, marker=RESULTS_NAME) as stage:
         ckpts, training = _base_checkpoints(m, stage, say)
         config = m.bench_config()
         rows: list[SweepRow] = []
@@ -622,40 +619,6 @@ def _relocate(results: Any, stage: Path, final: Path, folder: Path) -> None:
     results.write_json(folder / "results.json")
     write_csv(results, folder / "results.csv")
     write_markdown(results, folder / "results.md")
-
-
-def _check_sweep_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is a file.", fix="choose a folder path that does not exist yet.")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"--out {out} already exists and is not empty.",
-                             fix="choose a new folder, or pass --overwrite to replace an earlier sweep's folder.")
-        if not (out / RESULTS_NAME).is_file():
-            raise InputError(
-                f"--out {out} is not empty and has no {RESULTS_NAME}, so it is not a sweep folder; refusing to replace it.",
-                fix="choose a new or empty folder.",
-            )
-
-
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """Build in a hidden folder beside ``out``; swap it in at the end; remove it on error."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        yield staging
-        backup = None
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            backup.rmdir()
-            os.replace(out, backup)
-        os.replace(staging, out)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------- reports

@@ -18,8 +18,11 @@ from modelport.core.manifest import MANIFEST_NAME
 from modelport.errors import InputError
 
 
-def check_out_dir(out: Path, *, overwrite: bool) -> None:
-    """Refuse before any work when ``out`` cannot be (re)placed."""
+def check_out_dir(out: Path, *, overwrite: bool, marker: str = MANIFEST_NAME) -> None:
+    """Refuse before any work when ``out`` cannot be (re)placed.
+
+    ``marker`` is the file that proves modelport made an existing folder (``manifest.json`` for conversions, the
+    results file for sweeps): only such a folder may be replaced, and only with ``overwrite``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is a file.", fix="choose a folder path that does not exist yet.")
@@ -29,18 +32,18 @@ def check_out_dir(out: Path, *, overwrite: bool) -> None:
                 f"--out {out} already exists and is not empty.",
                 fix="choose a new folder, or pass --overwrite to replace a folder that modelport made.",
             )
-        if not (out / MANIFEST_NAME).is_file():
+        if not (out / marker).is_file():
             raise InputError(
-                f"--out {out} is not empty and has no {MANIFEST_NAME}, so modelport did not make it; refusing to replace it.",
+                f"--out {out} is not empty and has no {marker}, so modelport did not make it; refusing to replace it.",
                 fix="choose a new or empty folder.",
             )
 
 
 @contextlib.contextmanager
-def staged_dir(out: Path, *, overwrite: bool) -> Iterator[Path]:
+def staged_dir(out: Path, *, overwrite: bool, marker: str = MANIFEST_NAME) -> Iterator[Path]:
     """Yield a staging folder; on success swap it into ``out``; on error remove it and leave ``out`` untouched."""
     out = Path(out).absolute()
-    check_out_dir(out, overwrite=overwrite)
+    check_out_dir(out, overwrite=overwrite, marker=marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
