@@ -155,3 +155,14 @@ def test_the_evaluation_data_is_written_once_per_run_and_removed_at_its_end(
     with pytest.raises(RuntimeError, match="boom"), shared_eval_data(feeds, reference) as failed:
         raise RuntimeError("boom")
     assert not failed.path.parent.exists()  # removed on error too
+
+
+def test_a_path_relative_to_the_callers_directory_still_loads_in_the_child(
+    linear_onnx: LinearModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`modelport bench out/` gives relative paths; the child runs elsewhere (its job folder)."""
+    monkeypatch.chdir(linear_onnx.path.parent)
+    art = artifact_for(linear_onnx.path).replace(path=Path(linear_onnx.path.name))
+    row = _run(art, RUNTIMES["onnxruntime"], "onnxruntime")[0]
+    assert row.status == "ok", row.status
+    assert row.path == linear_onnx.path.name  # reported as the caller named it

@@ -488,15 +488,14 @@ def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: 
         for i, o in enumerate(outs_list)
     )
     details: dict[str, Any] = {"arch": source.arch, "model_kwargs": source.model_kwargs, "reference": True}
-    files: tuple[str, ...] = (path.name,)
     if source.arch is None:  # no architecture rebuilds it: keep it in-process and as a program another process loads
         from modelport.runtimes.torch_eager import export_program, register_module
 
         register_module(sha, source.model)
         program = path.with_name("model.pt2")
         try:
+            # not in ``files``: the row's size stays the weights' (the program repeats them, plus a graph)
             details.update(program=program.name, program_sha256=export_program(source.model, examples, program))
-            files += (program.name,)
         except Exception as exc:  # torch.export cannot trace every module: the reference is then in-process only
             details["program_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     return Artifact(
@@ -506,8 +505,8 @@ def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: 
         inputs=inputs,
         outputs=outputs,
         sha256=sha,
-        size_bytes=path.stat().st_size,  # the weights; the program (if any) is the same weights plus a graph
-        files=files,
+        size_bytes=path.stat().st_size,
+        files=(path.name,),
         preprocessing=pre,
         tools=_versions("torch"),
         status=Status.VALIDATED,

@@ -158,7 +158,9 @@ def run_isolated(
     try:
         if data is None:
             data = write_eval_data(folder / DATA_FILE, eval_feeds, reference_outputs)
-        _write_job(folder, artifact, runtime_spec, device, config, label, data, reference_accuracy, untrusted)
+        # the child runs in the job folder: a path relative to this process's cwd must not change meaning
+        absolute = artifact.replace(path=artifact.path.absolute())
+        _write_job(folder, absolute, runtime_spec, device, config, label, data, reference_accuracy, untrusted)
         proc = subprocess.Popen(  # -P: never import from the working directory
             [sys.executable, "-P", "-m", "modelport.benchmark.isolation", str(folder)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -181,6 +183,7 @@ def run_isolated(
         row_path = folder / ROW_FILE
         if not timed_out and code == 0 and row_path.is_file():
             row = ArtifactResult.from_dict(json.loads(row_path.read_text(encoding="utf-8")))
+            row.path = str(artifact.path)  # as the caller named it, like an in-process row
             row.isolation = {**isolation, **row.isolation}
             return row
         if timed_out:
