@@ -2,7 +2,8 @@
 
 The runner (in-process or in an isolated child) calls ``progress(message)`` for every step and
 ``progress.step(label, done, total)`` when a step completes. On a terminal each artifact gets a bar on stderr;
-elsewhere (CI logs, pipes) the messages are printed as plain lines, so logs stay readable.
+elsewhere (CI logs, pipes) the artifact's start, timed batches and outcome are printed as plain lines, so logs
+stay readable.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+# Sub-steps that a log (not a terminal) leaves out: it keeps "benchmarking X", each timed batch and the outcome.
+_LOG_QUIET = ("loading", "loaded", "evaluating", "evaluated", "timing batch", "throughput batch", "first inference")
 
 
 class BenchProgress:
@@ -38,7 +43,7 @@ class BenchProgress:
         label, sep, rest = message.partition(": ")
         if self.live and sep and label in self._tasks:
             self._bars.update(self._tasks[label], description=escape(rest))
-        elif not self.live:
+        elif not self.live and not (sep and label in self._tasks and rest.startswith(_LOG_QUIET) and ":" not in rest):
             self.console.print(f"[dim]→ {escape(message)}[/dim]")
 
     def step(self, label: str, done: int, total: int) -> None:
