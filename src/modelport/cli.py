@@ -506,7 +506,10 @@ def _print_recipe(result: Any) -> None:
     if not record:
         return
     base = (record.get("uncompressed") or {}).get("accuracy")
+    now = result.manifest.dataset.get("reference_accuracy")
     acc = "" if base is None else f"; uncompressed accuracy {base * 100:.2f}%"
+    if base is not None and now is not None:
+        acc += f", compressed {now * 100:.2f}% ({(now - base) * 100:+.2f} pts, before lowering)"
     console.print(f"recipe '{escape(record['name'])}'{acc}")
     for r in record.get("reports") or []:
         b, a = r["parameters_before"], r["parameters_after"]
@@ -520,14 +523,19 @@ def _print_conversion(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"artifacts in {result.out_dir}")
-    for col in ("artifact", "format", "precision", "size", "status"):
-        table.add_column(col)
+    for col in ("artifact", "format", "precision", "size", "accuracy", "status"):
+        table.add_column(col, justify="right" if col in {"size", "accuracy"} else "left")
+    reference_accuracy = result.manifest.dataset.get("reference_accuracy")
     for art in result.artifacts:
         name = f"{art.profile}/{art.precision}" if art.profile else f"{art.format}"
         size = f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-"
+        acc = (art.details.get("validation") or {}).get("accuracy")
+        if acc is None and art.profile is None and art.ok:  # the reference and its validated export
+            acc = reference_accuracy
         status = art.status_text
         colour = "green" if art.ok else ("yellow" if str(art.status) == "unavailable" else "red")
-        table.add_row(name, str(art.format), str(art.precision), size, f"[{colour}]{status}[/{colour}]")
+        table.add_row(name, str(art.format), str(art.precision), size,
+                      "-" if acc is None or not art.ok else f"{acc * 100:.2f}%", f"[{colour}]{status}[/{colour}]")
     console.print(table)
     for line in result.skipped:
         console.print(f"[dim]skipped {line}[/dim]")
@@ -544,6 +552,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MODELPORT_DEBUG") == "1"
+    if not debug:  # NNCF's torch import makes torch warn that a CPU-only machine has no CUDA runtime: not news here
+        import logging
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         app(args=args, prog_name="modelport", standalone_mode=True)
     except ModelportError as exc:
