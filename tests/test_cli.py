@@ -128,8 +128,10 @@ def test_convert_and_bench_simple_cifar(tmp_path: Path, capsys: pytest.CaptureFi
     ckpt = tmp_path / "cifar.safetensors"
     save_state_dict(build_model("simple-cifar"), ckpt)
     out = tmp_path / "cifar"
-    run_ok(["convert", str(ckpt), "--arch", "simple-cifar", "--profiles", "legacy-cpu,intel-cpu", "--precisions", "fp32", "--out", str(out)], capsys)
+    text = run_ok(["convert", str(ckpt), "--arch", "simple-cifar", "--profiles", "legacy-cpu,intel-cpu", "--precisions", "fp32", "--out", str(out)], capsys)
     assert (out / "manifest.json").is_file() and (out / "intel-cpu" / "fp32" / "model.xml").is_file()
+    reference_accuracy = json.loads((out / "manifest.json").read_text())["dataset"]["reference_accuracy"]
+    assert "accuracy" in text and f"{reference_accuracy * 100:.2f}%" in text  # the summary shows what was validated
     text = run_ok(["bench", str(out), "--batch-sizes", "1,4", "--min-iters", "3", "--min-seconds", "0.01", "--eval-limit", "64"], capsys)
     assert "intel-cpu/fp32" in text
     data = json.loads((out / "results.json").read_text())
