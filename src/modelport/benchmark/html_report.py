@@ -261,9 +261,14 @@ def _short(text: str, limit: int = 40) -> str:
 def _pareto_panel(ax: "Axes", views: list[RowView], title: str) -> None:
     points = [(v.p50[v.batch], v.accuracy * 100) for v in views]  # type: ignore[index, operator]
     order = sorted(range(len(points)), key=lambda i: points[i])
-    for rank, i in enumerate(order):  # alternate label above/below so neighbours do not overprint
-        ax.annotate(_short(views[i].label, 28), points[i], xytext=(5, 4 if rank % 2 == 0 else -11),
-                    textcoords="offset points", fontsize=8)
+    # Points often share an accuracy (INT8 rows that agree 100 %), so full labels would overprint: each point gets a
+    # number, placed round it in turn, and a key beside the panel names them.
+    offsets = ((5, 5), (5, -11), (-12, 5), (-12, -11))
+    for rank, i in enumerate(order, 1):
+        ax.annotate(str(rank), points[i], xytext=offsets[(rank - 1) % 4], textcoords="offset points", fontsize=8,
+                    fontweight="bold")
+    key = "\n".join(f"{rank}  {_short(views[i].label, 30)}" for rank, i in enumerate(order, 1))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=8, family="monospace")
     for v, (x, y) in zip(views, points, strict=True):
         ax.scatter(
             x, y, s=60, color=_RUNTIME_COLOURS.get(v.runtime, "#ff7f0e"),
@@ -296,7 +301,7 @@ def pareto_figure(views: list[RowView], multi: bool) -> str | None:
         return None
     cols = min(2, len(groups))
     rows = math.ceil(len(groups) / cols)
-    fig = _new_figure(6.4 * cols, 4.4 * rows)
+    fig = _new_figure(9.0 * cols, 4.4 * rows)  # room for each panel's key on its right
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, ((machine, device), members) in zip(axes, groups.items(), strict=False):
         _pareto_panel(ax, members, f"{machine} · {device}" if multi else f"device {device}")
