@@ -16,6 +16,8 @@ import numpy as np
 from modelport.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from torch import nn
 
@@ -61,51 +63,101 @@ def train(
 
     x_all = torch.from_numpy(dataset.train_x)
     y_all = torch.from_numpy(dataset.train_y)
-    n = len(x_all)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
-    order_rng = np.random.default_rng(seed)
+    steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
     bar = _progress_bar(progress)
     task = bar.add_task("training", total=epochs * steps_per_epoch) if bar is not None else None
-    steps, epochs_run, final_loss, stopped = 0, 0, float("nan"), False
+
+    def on_step(epoch: int, mean_loss: float) -> None:
+        if bar is not None:
+            bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {mean_loss:.4f}")
+
     start = time.perf_counter_ns()
-    deadline = None if max_seconds is None else start + int(max_seconds * 1e9)
+    if bar is not None:
+        bar.start()
+    try:
+        loop = run_epochs(
+            model, x_all, y_all, lambda logits, _x, y: functional.cross_entropy(logits, y), epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, device=device,
+            deadline_ns=None if max_seconds is None else start + int(max_seconds * 1e9), on_step=on_step,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    seconds = (time.perf_counter_ns() - start) / 1e9
+    accuracy = evaluate_torch(model, dataset)
+    return TrainReport(epochs=loop.epochs, seconds=seconds, final_loss=loop.final_loss, test_accuracy=accuracy,
+                       steps=loop.steps, stopped_early=loop.stopped)
+
+
+@dataclass(frozen=True)
+class LoopReport:
+    """What ``run_epochs`` did: epochs started, optimizer steps, the last epoch's mean loss, stopped by the deadline."""
+
+    epochs: int
+    steps: int
+    final_loss: float
+    stopped: bool
+
+
+def run_epochs(
+    model: "nn.Module",
+    x_all: "torch.Tensor",
+    y_all: "torch.Tensor",
+    loss_fn: "Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]",
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: "torch.device",
+    deadline_ns: int | None = None,
+    lr_at: "Callable[[int], float] | None" = None,
+    on_step: "Callable[[int, float], None] | None" = None,
+) -> LoopReport:
+    """The one training loop (``train`` and the compression steps' ``fit`` share it).
+
+    Adam over the trainable parameters, ``loss_fn(logits, x, y)``, a seeded numpy shuffle and a seeded torch RNG
+    that is restored afterwards; ``lr_at(step)`` sets the learning rate before each step; the loop stops after the
+    step that passes ``deadline_ns``; the model is left in eval mode.
+    """
+    import torch
+
+    n = len(x_all)
+    order_rng = np.random.default_rng(seed)
+    steps, epochs_run, final_loss, stopped = 0, 0, float("nan"), False
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seed it, then restore it
         torch.manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         model.train()
         try:
-            if bar is not None:
-                bar.start()
             for epoch in range(epochs):
                 epochs_run = epoch + 1
                 perm = torch.from_numpy(order_rng.permutation(n))
                 total, seen = 0.0, 0
                 for i in range(0, n, batch_size):
+                    if lr_at is not None:
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr_at(steps)
                     idx = perm[i : i + batch_size]
                     xb, yb = x_all[idx].to(device), y_all[idx].to(device)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = functional.cross_entropy(model(xb), yb)
+                    loss = loss_fn(model(xb), xb, yb)
                     loss.backward()
                     optimizer.step()
                     total += float(loss.detach()) * len(idx)
                     seen += len(idx)
                     steps += 1
-                    if bar is not None:
-                        bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {total / seen:.4f}")
-                    if deadline is not None and time.perf_counter_ns() > deadline:
+                    if on_step is not None:
+                        on_step(epoch, total / seen)
+                    if deadline_ns is not None and time.perf_counter_ns() > deadline_ns:
                         stopped = True
                         break
                 final_loss = total / max(seen, 1)
                 if stopped:
                     break
         finally:
-            if bar is not None:
-                bar.stop()
             model.eval()
-    seconds = (time.perf_counter_ns() - start) / 1e9
-    accuracy = evaluate_torch(model, dataset)
-    return TrainReport(epochs=epochs_run, seconds=seconds, final_loss=final_loss, test_accuracy=accuracy,
-                       steps=steps, stopped_early=stopped)
+    return LoopReport(epochs_run, steps, final_loss, stopped)
 
 
 def evaluate_torch(model: "nn.Module", dataset: "ImageDataset", batch_size: int = 256) -> float:

@@ -93,7 +93,7 @@ class Distillation(CompressionStep):
         try:
             report = fit(student, dataset, loss_fn, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=data.seed,
                          budget=Budget(data.max_seconds), warmup_steps=round(p.warmup_epochs * steps_per_epoch),
-                         cosine=p.schedule == "cosine", progress=data.progress)
+                         cosine=p.schedule == "cosine")
         finally:
             teacher.train(teacher_was_training)
         teacher_params, student_params = parameter_counts(teacher), parameter_counts(student)

@@ -1,8 +1,8 @@
 """Shared pieces of the model-stage steps: a time budget, short fine-tuning, and the numbers every report carries.
 
 Compression steps fine-tune for a few epochs (after pruning, low-rank, clustering) or train a student under a custom
-loss (distillation). Plain fine-tuning reuses ``modelport.training.train``; ``fit`` is the one loop for losses that
-need more than the labels (soft targets). Both stop when ``CompressionData.max_seconds`` runs out, shared across
+loss (distillation). Plain fine-tuning reuses ``modelport.training.train``; ``fit`` trains under losses that need
+more than the labels (soft targets). Both run ``training.run_epochs`` and stop when ``CompressionData.max_seconds`` runs out, shared across
 every fine-tuning a step does (gradual pruning fine-tunes once per step), so tests and sweeps stay bounded.
 """
 
@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from modelport.errors import InputError
 
@@ -110,25 +108,22 @@ def fit(
     budget: Budget,
     warmup_steps: int = 0,
     cosine: bool = False,
-    progress: bool = False,
 ) -> FitReport:
     """Train ``model`` in place with ``loss_fn(logits, x, y)``: Adam, seeded shuffle, linear LR warm-up, optional
-    cosine decay. The global RNG is restored afterwards, as in ``training.train``."""
+    cosine decay, through ``training.run_epochs`` (the loop ``training.train`` uses)."""
     import torch
 
     if budget.exhausted:
         return FitReport(0, 0, 0.0, float("nan"), True, skipped=True)
+    from modelport.training import run_epochs
+
     x_all, y_all = torch.from_numpy(dataset.train_x), torch.from_numpy(dataset.train_y)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    n = len(x_all)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
+    steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
     total_steps = max(epochs * steps_per_epoch, 1)
-    order = np.random.default_rng(seed)
     left = budget.remaining()
     start = time.perf_counter_ns()
-    deadline = None if left is None else start + int(max(left, _MIN_SECONDS) * 1e9)
-    steps, epochs_run, final_loss, stopped = 0, 0, float("nan"), False
 
     def lr_at(step: int) -> float:
         if step < warmup_steps:
@@ -138,36 +133,11 @@ def fit(
         done = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
         return lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-        model.train()
-        try:
-            for epoch in range(epochs):
-                epochs_run = epoch + 1
-                perm = torch.from_numpy(order.permutation(n))
-                total, seen = 0.0, 0
-                for i in range(0, n, batch_size):
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(steps)
-                    idx = perm[i : i + batch_size]
-                    xb, yb = x_all[idx].to(device), y_all[idx].to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), xb, yb)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                    steps += 1
-                    if deadline is not None and time.perf_counter_ns() > deadline:
-                        stopped = True
-                        break
-                final_loss = total / max(seen, 1)
-                if stopped:
-                    break
-        finally:
-            model.eval()
-    return FitReport(epochs_run, steps, (time.perf_counter_ns() - start) / 1e9, final_loss, stopped)
+    loop = run_epochs(
+        model, x_all, y_all, loss_fn, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        deadline_ns=None if left is None else start + int(max(left, _MIN_SECONDS) * 1e9), lr_at=lr_at,
+    )
+    return FitReport(loop.epochs, loop.steps, (time.perf_counter_ns() - start) / 1e9, loop.final_loss, loop.stopped)
 
 
 # ------------------------------------------------------------------------------------------------- report numbers
