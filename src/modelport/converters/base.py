@@ -10,6 +10,7 @@ from typing import Any
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision
 from modelport.data.feeds import Feeds
+from modelport.errors import ConversionError, RuntimeUnavailableError
 
 
 class Converter(ABC):
@@ -44,6 +45,18 @@ class Converter(ABC):
         options: Mapping[str, Any] | None = None,
     ) -> Artifact:
         """Produce the target artifact; raise ``ConversionError`` with the reason on failure."""
+
+    def require_ready(self, artifact: Artifact, label: str) -> None:
+        """Refuse a source of another format (``ConversionError``) and a missing runtime
+        (``RuntimeUnavailableError``) before any work."""
+        if artifact.format is not self.source:
+            raise ConversionError(
+                f"The {label} converter takes an {self.source.upper()} model, not {artifact.format}.",
+                fix="export the model to ONNX first.",
+            )
+        ok, why = self.availability()
+        if not ok:
+            raise RuntimeUnavailableError(why)
 
 
 def package_availability(module: str, install: str) -> tuple[bool, str]:

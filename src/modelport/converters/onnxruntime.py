@@ -60,11 +60,7 @@ class OnnxRuntimeConverter(Converter):
         out_dir: Path,
         options: Mapping[str, Any] | None = None,
     ) -> Artifact:
-        if artifact.format is not Format.ONNX:
-            raise ConversionError(
-                f"The ONNX Runtime converter takes an ONNX model, not {artifact.format}.",
-                fix="export the model to ONNX first.",
-            )
+        self.require_ready(artifact, "ONNX Runtime")
         plan = plan_lowering(options, precision, "onnxruntime", COMMON_KEYS | ONNXRUNTIME_KEYS)
         if "max_drop" in plan.not_applicable:
             raise ConversionError(
@@ -79,11 +75,6 @@ class OnnxRuntimeConverter(Converter):
                 "so an FP16 model would run slower than FP32 through inserted casts.",
                 fix="use fp32 or int8 for this profile, or an OpenVINO or TensorRT profile for fp16.",
             )
-        ok, why = self.availability()
-        if not ok:
-            from modelport.errors import RuntimeUnavailableError
-
-            raise RuntimeUnavailableError(why)
         out_dir = Path(out_dir)
         target = out_dir / "model.onnx"
         if target.resolve() == Path(artifact.path).resolve():

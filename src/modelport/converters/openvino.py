@@ -26,7 +26,7 @@ from modelport.core.files import sha256_files, total_size
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision, Status, TensorSpec
 from modelport.data.feeds import Feeds
-from modelport.errors import ConversionError, InputError, RuntimeUnavailableError
+from modelport.errors import ConversionError, InputError
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -55,13 +55,7 @@ class OpenVinoConverter(Converter):
         out_dir: Path,
         options: Mapping[str, Any] | None = None,
     ) -> Artifact:
-        if artifact.format is not Format.ONNX:
-            raise ConversionError(
-                f"The OpenVINO converter takes an ONNX model, not {artifact.format}.", fix="export to ONNX first."
-            )
-        ok, why = self.availability()
-        if not ok:
-            raise RuntimeUnavailableError(why)
+        self.require_ready(artifact, "OpenVINO")
         plan = plan_lowering(options, precision, "openvino", COMMON_KEYS | OPENVINO_KEYS)
         if plan.not_applicable.get("mode") == "dynamic":
             raise ConversionError(
