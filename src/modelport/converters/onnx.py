@@ -113,16 +113,13 @@ def export_onnx(
     details: dict[str, Any] = {"exporter": exporter, "opset": _opset(proto), "dynamic_batch": dynamic_batch}
     if errors:
         details["fallback_reason"] = next(iter(errors.values()))
-    files = [out_path, *(out_path.parent / f for f in data_files)]
     return Artifact(
         path=out_path,
         format=Format.ONNX,
         precision=Precision.FP32,
         inputs=inputs_spec,
         outputs=outputs_spec,
-        sha256=sha256_file(out_path) if not data_files else sha256_files(files),
-        size_bytes=total_size(files),
-        files=(out_path.name, *data_files),
+        **_file_facts(out_path, data_files),
         parent_sha256=parent_sha256,
         recipe=tuple(recipe),
         preprocessing=preprocessing,
@@ -130,6 +127,16 @@ def export_onnx(
         status=Status.EXPORTED,
         details=details,
     )
+
+
+def _file_facts(path: Path, data_files: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """sha256, total size and file names of an ONNX model and its external-data files (one hash over all)."""
+    files = [path, *(path.parent / f for f in data_files)]
+    return {
+        "sha256": sha256_file(path) if not data_files else sha256_files(files),
+        "size_bytes": total_size(files),
+        "files": (path.name, *data_files),
+    }
 
 
 def _export_dynamo(
@@ -400,16 +407,13 @@ def onnx_artifact_from_file(path: Path, *, preprocessing: Preprocessing | None =
     except ConversionError as exc:
         raise ConversionError(f"{path} is an invalid model: {exc.message}", fix=exc.fix) from exc
     inputs, outputs = read_specs(proto)
-    files = [path, *(path.parent / f for f in data_files)]
     return Artifact(
         path=path,
         format=Format.ONNX,
         precision=_precision_of(proto),
         inputs=inputs,
         outputs=outputs,
-        sha256=sha256_file(path) if not data_files else sha256_files(files),
-        size_bytes=total_size(files),
-        files=(path.name, *data_files),
+        **_file_facts(path, data_files),
         preprocessing=preprocessing,
         tools=tool_versions("onnx"),
         status=Status.EXPORTED,
