@@ -20,11 +20,11 @@ from modelport.bundle import is_bundle, opened_bundle
 from modelport.bundle.manifest import BundleManifest
 from modelport.bundle.pack import pack
 from modelport.bundle.verify import verify
-from modelport.cli import main
 from modelport.core.files import sha256_file
 from modelport.core.manifest import Manifest
 from modelport.errors import InputError, ManifestError
 from modelport.pipeline import bench, convert
+from cli_helpers import run_cli
 
 ARCH = "simple-mnist-student"
 FAST = BenchConfig(
@@ -87,13 +87,6 @@ def _rehash(folder: Path) -> None:
         entry["sha256"], entry["size"] = sha256_file(f), f.stat().st_size
     path.write_text(json.dumps(data))
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    code = info.value.code if isinstance(info.value.code, int) else 0
-    return code, captured.out + captured.err
 
 
 # ------------------------------------------------------------------------------------------------ manifest

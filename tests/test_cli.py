@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from modelport.cli import main
+from cli_helpers import run_cli, run_ok
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +24,6 @@ def simple_mnist_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    code = info.value.code if isinstance(info.value.code, int) else 0
-    return code, captured.out + captured.err
-
-
-def run_ok(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    assert info.value.code in (0, None), capsys.readouterr()
-    captured = capsys.readouterr()
-    return captured.out + captured.err
 
 
 def test_help_is_fast_and_lists_commands() -> None:

@@ -25,21 +25,14 @@ import torch
 from conftest import IN_FEATURES, artifact_for
 from modelport.bundle.safe_tar import MAX_MEMBERS, MAX_TOTAL_BYTES, UnsafeArchiveError, safe_extract
 from modelport.bundle.verify import verify
-from modelport.cli import main
 from modelport.core.files import DiskFullError, atomic_path, atomic_write_bytes
 from modelport.errors import CheckpointError, ConversionError, InferenceInputError, ManifestError
 from modelport.models import build_model
 from modelport.models.checkpoint import load_checkpoint, save_state_dict
+from cli_helpers import run_cli
 
 ARCH = "simple-mnist-student"
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    code = info.value.code if isinstance(info.value.code, int) else 0
-    return code, captured.out + captured.err
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
