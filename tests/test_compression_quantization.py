@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from modelport.compression import CompressionData, StepStage, get_step
 from modelport.converters.onnx import export_onnx
@@ -22,24 +21,13 @@ from modelport.core.profiles import get_profile
 from modelport.core.types import Artifact, Precision
 from modelport.data.feeds import Feeds
 from modelport.errors import ConversionError, InputError
+from tiny_models import TinyCNN
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.fc = nn.Linear(16 * 7 * 7, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.flatten(1))
 
 
 @contextlib.contextmanager
