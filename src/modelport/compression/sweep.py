@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.compression.recipe import Recipe, jsonable
 from modelport.core.files import atomic_write_json, atomic_write_text
-from modelport.core.outdir import check_out_dir, staged_dir
+from modelport.core.outdir import staged_dir
 from modelport.errors import InputError, ModelportError
 
 if TYPE_CHECKING:
@@ -484,9 +484,8 @@ def run_sweep(
     say = progress or _quiet
     m = matrix if isinstance(matrix, Matrix) else Matrix.from_file(matrix)
     out_path = Path(out).absolute()
-    check_out_dir(out_path, overwrite=overwrite, marker=RESULTS_NAME)  # before any training
     start = time.perf_counter()
-    with staged_dir(out_path, overwrite=overwrite, marker=RESULTS_NAME) as stage:
+    with staged_dir(out_path, overwrite=overwrite, marker=RESULTS_NAME) as stage:  # checks --out before training
         ckpts, training = _base_checkpoints(m, stage, say)
         config = m.bench_config()
         rows: list[SweepRow] = []
