@@ -2,7 +2,7 @@
 
     python benchmarks/compression_targets.py [--epochs 4] [--threads 1] [--seconds 0.5] [--out DIR]
 
-One sweep (``modelport.compression.sweep``) over simple-mnist (accuracy, on digits) and simple-cifar (size and speed,
+One sweep (``modelport.pipeline.sweep``) over simple-mnist (accuracy, on digits) and simple-cifar (size and speed,
 digits served at 3×32×32) with the variants the targets name, on the intel-cpu profile (OpenVINO) plus eager PyTorch:
 
 - INT8 PTQ (OpenVINO, NNCF): accuracy drop ≤ 0.5 points vs FP32; latency ≤ 0.5× OpenVINO FP32.
@@ -83,7 +83,7 @@ def interleaved_ratios(sweep_dir: Path, sweep: dict[str, Any], threads: int, rou
 
     from modelport.benchmark.timing import TimingConfig, measure
     from modelport.core.profiles import get_profile
-    from modelport.runtimes import get_runtime
+    from modelport.backends import get_runtime
 
     rows = _rows(sweep)
     cfg = TimingConfig(warmup_iters=5, warmup_seconds=0.05, min_iters=50, min_seconds=seconds)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from modelport.compression.sweep import Matrix, read_sweep, render_sweep, run_sweep
+    from modelport.pipeline.sweep import Matrix, read_sweep, render_sweep, run_sweep
 
     m = Matrix.from_dict(matrix(args.epochs, args.threads, args.seconds, args.finetune, args.distill_epochs),
                          source="compression_targets.py")

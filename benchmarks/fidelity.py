@@ -180,7 +180,7 @@ def measure_pair(ours: Any, theirs: Any, rounds: int) -> dict[str, Any]:
 
 
 def _ours_server(art: Any, runtime: str, threads: int, work: Path, pin: str = "default") -> Server:
-    from modelport.runtimes import RUNTIMES
+    from modelport.backends import RUNTIMES
 
     spec = work / f"artifact-{art.sha256[:12]}.json"
     spec.write_text(json.dumps(art.to_dict()))

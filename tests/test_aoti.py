@@ -15,8 +15,8 @@ import torch
 from modelport.agreement import FP32_ATOL, FP32_RTOL
 from modelport.benchmark.runner import BenchConfig
 from modelport.benchmark.timing import TimingConfig
-from modelport.converters import get_converter
-from modelport.converters.aoti import (
+from modelport.backends import get_converter
+from modelport.backends.aoti.convert import (
     PACKAGE_NAME,
     SIDECAR_NAME,
     SIDECAR_SCHEMA,
@@ -31,7 +31,7 @@ from modelport.core.profiles import get_profile, parse_profile_list
 from modelport.core.types import Artifact, Format, Precision, Status, TensorSpec
 from modelport.errors import ConversionError, InferenceInputError, RuntimeUnavailableError, ValidationError
 from modelport.pipeline import bench, convert
-from modelport.runtimes import get_runtime
+from modelport.backends import get_runtime
 
 from conftest import make_linear_onnx
 

@@ -42,7 +42,7 @@ def _eager(results: object) -> object:
 
 def test_pruned_reference_is_benchmarked_in_a_child_process(pruned_folder: Path, tmp_path: Path) -> None:
     from modelport.pipeline import bench
-    from modelport.runtimes.torch_eager import unregister_module
+    from modelport.backends.torch.runtime import unregister_module
 
     ref = next(a for a in Manifest.read(pruned_folder).artifacts if a.details.get("reference"))
     assert ref.details["arch"] is None and ref.details["program"] == "model.pt2"
@@ -63,7 +63,7 @@ def test_an_edited_program_is_refused_before_loading(pruned_folder: Path, tmp_pa
     import shutil
 
     from modelport.pipeline import bench
-    from modelport.runtimes.torch_eager import module_for, unregister_module
+    from modelport.backends.torch.runtime import module_for, unregister_module
 
     folder = tmp_path / "copy"
     shutil.copytree(pruned_folder, folder)

@@ -78,7 +78,7 @@ def onnx_roundtrip(model: nn.Module, x: torch.Tensor, path: Path) -> tuple[np.nd
     """Export with modelport's exporter, run in ONNX Runtime; returns (outputs, file size)."""
     import onnxruntime as ort
 
-    from modelport.converters.onnx import export_onnx
+    from modelport.export.onnx import export_onnx
 
     artifact = export_onnx(model, {"input": x[:1]}, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

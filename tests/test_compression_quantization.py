@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from modelport.compression import CompressionData, StepStage, get_step
-from modelport.converters.onnx import export_onnx
-from modelport.converters.onnxruntime import OnnxRuntimeConverter
-from modelport.converters.openvino import OpenVinoConverter, float_operations
+from modelport.export.onnx import export_onnx
+from modelport.backends.onnxruntime.convert import OnnxRuntimeConverter
+from modelport.backends.openvino.convert import OpenVinoConverter, float_operations
 from modelport.core.profiles import get_profile
 from modelport.core.types import Artifact, Precision
 from modelport.data.feeds import Feeds
@@ -252,7 +252,7 @@ def test_accuracy_control_meets_max_drop_on_digits(onnx_art, calibration, valida
     assert report["met"] and report["drop"] <= 0.003 and report["validation_samples"] == validation.num_samples
     # measured again here, on the IR as written: FP32 ONNX in OpenVINO vs the INT8 IR
     fp32 = ov.Core().compile_model(ov.convert_model(str(onnx_art.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    from modelport.converters.openvino import top1_metric
+    from modelport.backends.openvino.convert import top1_metric
 
     before = top1_metric(fp32, list(zip(validation.batches, validation.labels)))
     assert before == pytest.approx(report["fp32_accuracy"])
@@ -350,7 +350,7 @@ def test_convert_with_qat_recipe_validates_the_export_at_int8_and_lowers_int8_on
 
 
 def test_tensorrt_refuses_what_it_cannot_honour_before_writing(onnx_art, calibration, tmp_path):
-    from modelport.converters.tensorrt import TensorRtConverter
+    from modelport.backends.tensorrt.convert import TensorRtConverter
 
     for options, words in ((_lowering("quantize-accuracy"), "not available for TensorRT"),
                            (_lowering("quantize", mode="dynamic"), "Dynamic INT8")):
@@ -377,7 +377,7 @@ def test_qat_needs_data_and_refuses_a_model_quantized_already(digits):
 def test_complete_qdq_is_lossless_and_lets_onnx_runtime_quantize_the_gemm(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
-    from modelport.converters.onnxruntime import complete_qdq
+    from modelport.backends.onnxruntime.convert import complete_qdq
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(8, 4 * 2 * 2), dtype=np.int8)

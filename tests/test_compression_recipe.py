@@ -240,7 +240,7 @@ def test_recipe_round_trip_through_export_and_onnxruntime(mnist_ckpt: Path, tmp_
     from modelport.core.types import Status
     from modelport.models import build_model
     from modelport.pipeline import convert
-    from modelport.runtimes import get_runtime
+    from modelport.backends import get_runtime
 
     recipe = Recipe.of("prune-70", [("prune", {"sparsity": 0.7})])
     result = convert(mnist_ckpt, arch="simple-mnist", out=tmp_path / "out", profiles="legacy-cpu", precisions="fp32",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelport.converters import onnx as conv_onnx
-from modelport.converters.onnx import (
+from modelport.backends import onnx as conv_onnx
+from modelport.export.onnx import (
     export_onnx,
     onnx_artifact_from_file,
     reference_outputs,

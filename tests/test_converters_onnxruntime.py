@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from modelport.agreement import compare
-from modelport.converters.onnx import export_onnx, reference_outputs, run_onnx, validate_onnx
-from modelport.converters.onnxruntime import OnnxRuntimeConverter
+from modelport.export.onnx import export_onnx, reference_outputs, run_onnx, validate_onnx
+from modelport.backends.onnxruntime.convert import OnnxRuntimeConverter
 from modelport.core.files import sha256_file
 from modelport.core.profiles import DeviceProfile, get_profile
 from modelport.core.types import Format, Precision, Status

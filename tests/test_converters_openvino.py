@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from modelport.agreement import compare
-from modelport.converters.onnx import export_onnx, onnx_artifact_from_file, reference_outputs
-from modelport.converters.openvino import OpenVinoConverter
+from modelport.export.onnx import export_onnx, onnx_artifact_from_file, reference_outputs
+from modelport.backends.openvino.convert import OpenVinoConverter
 from modelport.core.files import sha256_files
 from modelport.core.profiles import DeviceProfile, get_profile
 from modelport.core.types import Format, Precision, Status

@@ -133,7 +133,7 @@ def test_onnx_external_data_outside_is_refused_before_anything_is_read(tmp_path:
     """The data 'file' is a FIFO: opening it for reading would block, so a refusal that returns proves no read."""
     import onnx
 
-    from modelport.converters.onnx import onnx_artifact_from_file
+    from modelport.export.onnx import onnx_artifact_from_file
 
     inner = tmp_path / "model"
     inner.mkdir()
@@ -167,7 +167,7 @@ def test_onnx_external_data_outside_is_refused_before_anything_is_read(tmp_path:
 def test_onnx_saved_with_external_data_never_writes_outside_the_output_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelport.converters import onnx as onnx_conv
+    from modelport.backends import onnx as onnx_conv
 
     monkeypatch.setattr(onnx_conv, "_SELF_CONTAINED_LIMIT", 0)  # take the > 2 GB path with a small model
     out = tmp_path / "out" / "onnx" / "model.onnx"
@@ -425,7 +425,7 @@ def test_a_real_file_size_limit_keeps_the_previous_file(tmp_path: Path) -> None:
 def test_bad_inference_inputs_say_what_was_expected(linear_onnx, linear_ir, runtime: str, feed: dict,
                                                      words: list[str]) -> None:
     from modelport.core.types import Format
-    from modelport.runtimes import get_runtime
+    from modelport.backends import get_runtime
 
     art = artifact_for(linear_onnx.path) if runtime == "onnxruntime" else artifact_for(linear_ir, Format.OPENVINO_IR)
     with get_runtime(runtime).load(art) as session:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.benchmark.html_report import (
+from modelport.reporting.html import (
     HTML_HEADERS,
     add_speedups,
     pareto_front,
@@ -24,7 +24,7 @@ from modelport.benchmark.html_report import (
     row_view,
     write_html,
 )
-from modelport.benchmark.merge import check_results, single
+from modelport.reporting.merge import check_results, single
 from modelport.benchmark.results import SCHEMA, BenchResults
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -267,7 +267,7 @@ def test_hostile_strings_are_escaped_and_bad_numbers_show_na() -> None:
 
 
 def single_from_dict(data: dict):
-    from modelport.benchmark.merge import Comparison, MachineRun
+    from modelport.reporting.merge import Comparison, MachineRun
 
     return Comparison([MachineRun("m", "", check_results(data, "test"))])
 

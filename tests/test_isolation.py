@@ -13,7 +13,7 @@ from modelport.benchmark.isolation import peak_rss_mb, run_isolated
 from modelport.benchmark.runner import BenchConfig
 from modelport.benchmark.timing import TimingConfig
 from modelport.data.feeds import Feeds
-from modelport.runtimes import RUNTIMES
+from modelport.backends import RUNTIMES
 
 FAST = TimingConfig(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.01, max_seconds=2.0)
 
@@ -22,7 +22,7 @@ FAST = TimingConfig(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds
 _BAD_RUNTIMES = '''
 import os, signal, time
 from modelport.core.types import Format
-from modelport.runtimes.onnxruntime import OnnxRuntimeRuntime, OnnxRuntimeSession
+from modelport.backends.onnxruntime.runtime import OnnxRuntimeRuntime, OnnxRuntimeSession
 
 
 class _CrashSession(OnnxRuntimeSession):

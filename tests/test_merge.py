@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from modelport.benchmark.environment import collect_environment
-from modelport.benchmark.html_report import HTML_HEADERS, render_html
-from modelport.benchmark.merge import MachineRun, merge, version_warnings
+from modelport.reporting.html import HTML_HEADERS, render_html
+from modelport.reporting.merge import MachineRun, merge, version_warnings
 from modelport.benchmark.results import SCHEMA_VERSION, ArtifactResult, BenchResults
 from modelport.benchmark.timing import LatencyStats
 from modelport.cli import main

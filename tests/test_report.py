@@ -12,7 +12,7 @@ import pytest
 
 from conftest import LinearModel, artifact_for
 from modelport.benchmark.environment import CPU_FLAGS, collect_environment
-from modelport.benchmark.report import render_table, row_cells, warnings_for, write_csv, write_markdown
+from modelport.reporting.report import render_table, row_cells, warnings_for, write_csv, write_markdown
 from modelport.benchmark.results import (
     SCHEMA_VERSION,
     ArtifactResult,

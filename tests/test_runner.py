@@ -13,8 +13,8 @@ from modelport.benchmark.timing import TimingConfig
 from modelport.core.types import Format, Precision, Status, TensorSpec
 from modelport.data.feeds import Feeds
 from modelport.errors import InputError
-from modelport.runtimes.onnxruntime import OnnxRuntimeRuntime
-from modelport.runtimes.openvino import OpenVinoRuntime
+from modelport.backends.onnxruntime.runtime import OnnxRuntimeRuntime
+from modelport.backends.openvino.runtime import OpenVinoRuntime
 
 FAST = TimingConfig(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.01, max_seconds=2.0)
 

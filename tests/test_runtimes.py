@@ -10,10 +10,10 @@ import pytest
 from conftest import CLASSES, IN_FEATURES, LinearModel, artifact_for
 from modelport.core.types import Artifact, Format, Precision, TensorSpec
 from modelport.errors import InferenceInputError, InputError, RuntimeUnavailableError
-from modelport.runtimes import get_runtime
-from modelport.runtimes.onnxruntime import OnnxRuntimeRuntime
-from modelport.runtimes.openvino import OpenVinoRuntime
-from modelport.runtimes.torch_eager import TorchEagerRuntime, register_module, unregister_module
+from modelport.backends import get_runtime
+from modelport.backends.onnxruntime.runtime import OnnxRuntimeRuntime
+from modelport.backends.openvino.runtime import OpenVinoRuntime
+from modelport.backends.torch.runtime import TorchEagerRuntime, register_module, unregister_module
 
 # ---------------------------------------------------------------- ONNX Runtime
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelport.compression.sweep import (
+from modelport.pipeline.sweep import (
     BASELINE,
     Matrix,
     SweepRow,

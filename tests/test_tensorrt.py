@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.converters import tensorrt as trtconv
-from modelport.converters.tensorrt import (
+from modelport.backends import tensorrt as trtconv
+from modelport.backends.tensorrt.convert import (
     BUNDLE_NAME,
     CALIBRATION_NAME,
     ENGINE_NAME,
@@ -36,7 +36,7 @@ from modelport.converters.tensorrt import (
     load_calibration,
     write_trt_bundle,
 )
-from modelport.converters.tensorrt_preflight import load_op_table, preflight
+from modelport.backends.tensorrt.preflight import load_op_table, preflight
 from modelport.core.files import sha256_file
 from modelport.core.profiles import get_profile
 from modelport.core.types import Artifact, Format, Precision, TensorSpec
@@ -47,7 +47,7 @@ from modelport.errors import (
     InputError,
     RuntimeUnavailableError,
 )
-from modelport.runtimes.tensorrt import TensorRtRuntime, check_sidecar, parse_device
+from modelport.backends.tensorrt.runtime import TensorRtRuntime, check_sidecar, parse_device
 
 T4_PRESENT = {"tensorrt_version": "10.3.0", "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 INPUT_SHAPE = (1, 28, 28)
@@ -536,7 +536,7 @@ def engines(conv_onnx: Artifact, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def _ort_reference(art: Artifact, x: np.ndarray) -> np.ndarray:
-    from modelport.runtimes.onnxruntime import OnnxRuntimeRuntime
+    from modelport.backends.onnxruntime.runtime import OnnxRuntimeRuntime
 
     with OnnxRuntimeRuntime().load(art, "CPU") as sess:
         return sess.infer({"input": x})[0]

@@ -15,9 +15,9 @@ from modelport.benchmark.throughput import ThroughputStats, measure_throughput
 from modelport.benchmark.timing import TimingConfig
 from modelport.core.types import Format
 from modelport.errors import InputError
-from modelport.runtimes.onnxruntime import OnnxRuntimeRuntime
-from modelport.runtimes.openvino import OpenVinoRuntime
-from modelport.runtimes.torch_eager import TorchEagerRuntime  # noqa: F401 - imported to prove the registry path works
+from modelport.backends.onnxruntime.runtime import OnnxRuntimeRuntime
+from modelport.backends.openvino.runtime import OpenVinoRuntime
+from modelport.backends.torch.runtime import TorchEagerRuntime  # noqa: F401 - imported to prove the registry path works
 
 FAST = TimingConfig(warmup_iters=1, warmup_seconds=0.0, min_iters=3, min_seconds=0.01, max_seconds=2.0)
 

@@ -111,7 +111,7 @@ def demo(
     Example:  modelport demo
     """
     from modelport.benchmark.progress import BenchProgress
-    from modelport.benchmark.report import render_table
+    from modelport.reporting.report import render_table
     from modelport.benchmark.runner import BenchConfig
     from modelport.benchmark.timing import TimingConfig
     from modelport.data import load_dataset
@@ -281,7 +281,7 @@ def sweep_cmd(
     faster is flagged.\n
     Example:  modelport sweep benchmarks/seed_matrix.toml --out /tmp/seed
     """
-    from modelport.compression.sweep import render_sweep, run_sweep
+    from modelport.pipeline.sweep import render_sweep, run_sweep
 
     with _Steps() as steps:
         result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps)
@@ -320,7 +320,7 @@ def bench_cmd(
     Example:  modelport bench /tmp/cifar --batch 1,8,32 --threads 2 --mode both
     """
     from modelport.benchmark.progress import BenchProgress
-    from modelport.benchmark.report import render_table
+    from modelport.reporting.report import render_table
     from modelport.benchmark.runner import BenchConfig
     from modelport.benchmark.timing import TimingConfig
     from modelport.pipeline import bench
@@ -341,7 +341,7 @@ def bench_cmd(
     render_table(results, console)
     where = out or folder
     if out is None and folder.is_file():  # a bundle archive: results go beside it, not into it
-        from modelport.bundle.bench import default_out
+        from modelport.pipeline.bench_bundle import default_out
 
         where = default_out(folder)
     console.print(f"wrote {where / 'results.json'}, results.csv, results.md, report.html")
@@ -362,9 +362,9 @@ def report_cmd(
     Each machine's environment is shown; differing torch/ONNX Runtime/OpenVINO/NNCF versions are warned about.\n
     Example:  modelport report desktop/results.json laptop/results.json --html compare.html
     """
-    from modelport.benchmark.html_report import write_html
-    from modelport.benchmark.merge import environment_summary, merge, write_markdown
-    from modelport.benchmark.report import render_table, write_csv
+    from modelport.reporting.html import write_html
+    from modelport.reporting.merge import environment_summary, merge, write_markdown
+    from modelport.reporting.report import render_table, write_csv
 
     outputs = [p for p in (html, md, csv) if p is not None]
     inputs = {p.resolve() for p in results}
@@ -448,7 +448,7 @@ def doctor() -> None:
     from rich.table import Table
 
     from modelport.core.profiles import load_profiles
-    from modelport.runtimes import RUNTIMES, get_runtime
+    from modelport.backends import RUNTIMES, get_runtime
 
     table = Table(title="runtimes on this machine")
     for col in ("runtime", "available", "devices", "detail"):

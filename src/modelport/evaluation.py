@@ -11,7 +11,7 @@ from modelport.agreement import Agreement, compare
 from modelport.data.feeds import Feeds
 from modelport.core.types import TensorSpec
 from modelport.errors import InputError
-from modelport.runtimes.base import Session
+from modelport.backends.base import Session
 
 
 def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:

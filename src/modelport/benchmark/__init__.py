@@ -16,10 +16,10 @@ _EXPORTS = {
     "BenchConfig": "modelport.benchmark.runner",
     "benchmark_artifact": "modelport.benchmark.runner",
     "collect_environment": "modelport.benchmark.environment",
-    "render_table": "modelport.benchmark.report",
-    "warnings_for": "modelport.benchmark.report",
-    "write_csv": "modelport.benchmark.report",
-    "write_markdown": "modelport.benchmark.report",
+    "render_table": "modelport.reporting.report",
+    "warnings_for": "modelport.reporting.report",
+    "write_csv": "modelport.reporting.report",
+    "write_markdown": "modelport.reporting.report",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -248,7 +248,7 @@ def _untrusted_problem(artifact: Artifact) -> str | None:
 
     if artifact.format is not Format.ONNX:
         return None
-    from modelport.converters.onnx import onnx_artifact_from_file
+    from modelport.export.onnx import onnx_artifact_from_file
     from modelport.errors import ModelportError
 
     try:

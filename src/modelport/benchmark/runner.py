@@ -24,7 +24,7 @@ from modelport.core.types import Artifact, TensorSpec
 from modelport.data.feeds import Feeds
 from modelport.evaluation import fixed_batch
 from modelport.errors import InputError, ModelportError, RuntimeUnavailableError
-from modelport.runtimes.base import Feed, Runtime, Session
+from modelport.backends.base import Feed, Runtime, Session
 
 Progress = Callable[[str], None]
 

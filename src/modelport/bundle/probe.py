@@ -42,13 +42,13 @@ def probe_load(artifact: Artifact, runtime: str, device: str, *, timeout: float 
 
 def _child() -> int:
     from modelport.errors import ModelportError
-    from modelport.runtimes import get_runtime
+    from modelport.backends import get_runtime
 
     try:
         request = json.loads(sys.stdin.read())
         art = Artifact.from_dict(request["artifact"])
         if art.format is Format.ONNX:
-            from modelport.converters.onnx import onnx_artifact_from_file
+            from modelport.export.onnx import onnx_artifact_from_file
 
             onnx_artifact_from_file(Path(art.path))
         with get_runtime(request["runtime"]).load(art, device=request["device"]):

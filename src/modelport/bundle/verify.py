@@ -91,7 +91,7 @@ def unlisted_files(manifest: BundleManifest) -> list[str]:
 
 def runtime_check(manifest: BundleManifest, device: str) -> tuple[bool, str]:
     """Whether the profile's runtime and ``device`` exist here; for TensorRT also the sidecar rule."""
-    from modelport.runtimes import get_runtime
+    from modelport.backends import get_runtime
 
     runtime = get_runtime(manifest.profile["runtime"])
     for art in manifest.artifacts:
@@ -108,8 +108,8 @@ def runtime_check(manifest: BundleManifest, device: str) -> tuple[bool, str]:
 
 def _sidecar_problem(manifest: BundleManifest, art: Artifact) -> str | None:
     """TensorRT engines only run on the GPU model and TensorRT version that built them: check before loading."""
-    from modelport.converters.tensorrt import current_environment, sidecar_path, tensorrt_availability
-    from modelport.runtimes.tensorrt import check_sidecar, read_sidecar
+    from modelport.backends.tensorrt.convert import current_environment, sidecar_path, tensorrt_availability
+    from modelport.backends.tensorrt.runtime import check_sidecar, read_sidecar
 
     side = sidecar_path(art.path)
     rel = side.relative_to(manifest.folder).as_posix()
@@ -144,7 +144,7 @@ def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, refe
     """Run the bundled samples through ``art`` and judge the outputs like ``convert`` did."""
     from modelport.agreement import judge
     from modelport.evaluation import evaluate
-    from modelport.runtimes import get_runtime
+    from modelport.backends import get_runtime
 
     runtime = get_runtime(manifest.profile["runtime"])
     feeds = feeds.renamed([s.name for s in art.inputs])

@@ -9,7 +9,7 @@ OpenVINO profiles, ``onnxruntime.quantization`` on the ONNX model for ONNX Runti
      "precision": "int8" | "fp16",          # lower at this precision; other precisions ignore the settings
      "quantization": {…}}                   # only the settings given (profile int8_* keys fill the rest)
 
-with the ``quantization`` keys listed in ``modelport.converters.lowering`` (``preset``, ``ignored_scope``
+with the ``quantization`` keys listed in ``modelport.backends.lowering`` (``preset``, ``ignored_scope``
 {names, patterns, types}, ``subset_size``, ``fast_bias_correction``, ``model_type``, ``max_drop``, ``drop_type``,
 ``max_num_iterations``; ``mode``, ``quant_format``, ``calibrate_method``, ``per_channel``, ``reduce_range``,
 ``activation_type``, ``weight_type``). It is JSON-able (record it in the manifest as is); the pipeline adds the

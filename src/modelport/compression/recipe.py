@@ -363,7 +363,7 @@ def compress_model(
 ) -> CompressedModel:
     """Measure the uncompressed model on ``validation`` (the baseline), apply ``recipe``, find the architecture the
     result loads into (the original, a registry student, or none when the structure changed)."""
-    from modelport.converters.onnx import reference_outputs
+    from modelport.export.onnx import reference_outputs
     from modelport.evaluation import top1_accuracy
 
     baseline = top1_accuracy(reference_outputs(model, validation), validation.labels)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.converters.base import Converter, package_availability
-from modelport.converters.lowering import (
+from modelport.backends.base import Converter, package_availability
+from modelport.backends.lowering import (
     COMMON_KEYS,
     OPENVINO_KEYS,
     LoweringPlan,
@@ -21,7 +21,7 @@ from modelport.converters.lowering import (
     refuse_requantize,
     take_samples,
 )
-from modelport.converters.onnx import BATCH, conform_feeds, rebatch, temp_dir_in, tool_versions
+from modelport.export.onnx import BATCH, conform_feeds, rebatch, temp_dir_in, tool_versions
 from modelport.core.files import sha256_files, total_size
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision, Status, TensorSpec

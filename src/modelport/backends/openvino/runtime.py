@@ -18,8 +18,8 @@ import numpy as np
 
 from modelport.core.types import Artifact, Format, Precision
 from modelport.errors import RuntimeUnavailableError
-from modelport.runtimes.base import Feed, Runtime, Session
-from modelport.runtimes.onnxruntime import _check_format, _check_threads
+from modelport.backends.base import Feed, Runtime, Session
+from modelport.backends.onnxruntime.runtime import _check_format, _check_threads
 
 _INSTALL_HINT = "openvino is not installed: pip install openvino"
 

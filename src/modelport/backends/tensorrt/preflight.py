@@ -36,7 +36,7 @@ class OpTable:
 
 @cache
 def load_op_table() -> OpTable:
-    text = resources.files("modelport.converters").joinpath("tensorrt_ops.toml").read_text(encoding="utf-8")
+    text = resources.files("modelport.backends.tensorrt").joinpath("ops.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
     src = data["source"]
     return OpTable(

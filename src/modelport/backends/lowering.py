@@ -114,7 +114,7 @@ def plan_lowering(
     if unknown:
         raise ConversionError(
             f"Unknown lowering option(s) {', '.join(map(repr, unknown))} for the {runtime} converter.",
-            fix=f"lowering options are {', '.join(sorted(TOP_KEYS))} (see modelport.converters.lowering).",
+            fix=f"lowering options are {', '.join(sorted(TOP_KEYS))} (see modelport.backends.lowering).",
         )
     step = str(options.get("step") or "") or None
     settings = dict(options.get("quantization") or {})

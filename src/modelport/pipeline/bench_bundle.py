@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import datetime as _dt
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,13 +58,13 @@ def bench_bundle(
 
     ``profiles`` (as for a convert folder) must include the bundle's profile when given: a bundle holds one.
     """
-    from modelport.benchmark.report import warnings_for, write_csv, write_markdown
+    from modelport.backends import RUNTIMES, get_runtime
+    from modelport.benchmark.isolation import run_isolated, shared_eval_data
     from modelport.benchmark.results import ArtifactResult, BenchResults
     from modelport.benchmark.runner import BenchConfig, benchmark_artifact
     from modelport.bundle import opened_bundle
     from modelport.errors import ManifestError
-    from modelport.benchmark.isolation import run_isolated, shared_eval_data
-    from modelport.runtimes import RUNTIMES, get_runtime
+    from modelport.reporting.report import warnings_for, write_csv, write_markdown
 
     say = progress or (lambda _m: None)
     bundle = Path(bundle).absolute()
@@ -145,8 +145,8 @@ def bench_bundle(
     results.write_json(out_dir / "results.json")
     write_csv(results, out_dir / "results.csv")
     write_markdown(results, out_dir / "results.md")
-    if importlib.util.find_spec("modelport.benchmark.html_report") is not None:  # the HTML report, where installed
-        from modelport.benchmark.html_report import write_html
+    if importlib.util.find_spec("modelport.reporting.html") is not None:  # the HTML report, where installed
+        from modelport.reporting.html import write_html
 
         write_html(results, out_dir / "report.html")
     return results

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from modelport.converters.base import Converter, package_availability
-from modelport.converters.lowering import (
+from modelport.backends.base import Converter, package_availability
+from modelport.backends.lowering import (
     COMMON_KEYS,
     ONNXRUNTIME_KEYS,
     QUANTIZED_OPS,
@@ -19,7 +19,7 @@ from modelport.converters.lowering import (
     refuse_requantize,
     take_samples,
 )
-from modelport.converters.onnx import (
+from modelport.export.onnx import (
     check_onnx,
     conform_feeds,
     read_specs,

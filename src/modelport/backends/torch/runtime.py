@@ -20,8 +20,8 @@ import numpy as np
 
 from modelport.core.types import Artifact, Format
 from modelport.errors import CheckpointError, RuntimeUnavailableError
-from modelport.runtimes.base import Feed, Runtime, Session
-from modelport.runtimes.onnxruntime import _check_format, _check_threads
+from modelport.backends.base import Feed, Runtime, Session
+from modelport.backends.onnxruntime.runtime import _check_format, _check_threads
 
 if TYPE_CHECKING:
     from torch import nn
@@ -118,7 +118,7 @@ def module_for(artifact: Artifact) -> "nn.Module":
         raise RuntimeUnavailableError(
             f"PyTorch artifact {artifact.path} has no registered module for sha256 '{sha or '(none)'}' "
             "and no 'arch' in its details, so it cannot be rebuilt.",
-            fix="register the module with modelport.runtimes.torch_eager.register_module(sha256, module), "
+            fix="register the module with modelport.backends.torch.runtime.register_module(sha256, module), "
             "or give details={'arch': ..., 'model_kwargs': {...}}.",
         )
     if not artifact.path.is_file():

@@ -206,7 +206,7 @@ class Matrix:
         from modelport.models import get_spec
 
         if not isinstance(data, Mapping):
-            raise InputError(f"Sweep matrix {source} must be a table.", fix="see the modelport.compression.sweep docs.")
+            raise InputError(f"Sweep matrix {source} must be a table.", fix="see the modelport.pipeline.sweep docs.")
         _no_unknown(data, _TOP_KEYS, f"Sweep matrix {source}")
         name = _str(data, "name", source, required=True)
         models_raw = data.get("models")
@@ -607,7 +607,7 @@ def _state_dict_counts(path: Path) -> tuple[int, int] | None:
 
 def _relocate(results: Any, stage: Path, final: Path, folder: Path) -> None:
     """Rewrite staging paths to the final ones and write the variant's own results files again."""
-    from modelport.benchmark.report import write_csv, write_markdown
+    from modelport.reporting.report import write_csv, write_markdown
 
     for r in results.rows:
         r.path = r.path.replace(str(stage), str(final))
@@ -701,7 +701,7 @@ def render_sweep(result: SweepResult, console: "Console | None" = None) -> "Tabl
 
 def write_sweep(result: SweepResult, folder: Path) -> None:
     """``sweep.json`` (everything), ``sweep.csv`` (flat rows), ``sweep.md`` (table, legend, environment)."""
-    from modelport.benchmark.report import _environment_lines
+    from modelport.reporting.report import _environment_lines
 
     folder = Path(folder)
     atomic_write_json(folder / RESULTS_NAME, result.to_dict())

@@ -11,7 +11,7 @@ optimisation profiles, ONNX and engine sha256); the runtime refuses an engine wh
 Calibration caches are named ``calib-<onnx sha256[:12]>-trt<TensorRT version>.cache``: the scales belong to one
 graph and one TensorRT release, so a cache is reused only by the same ONNX bytes and the same TensorRT version,
 whether modelport's builder or trtexec (``--calib``) reads it. trtexec cannot calibrate from data; the cache comes
-from this module (``python -m modelport.converters.tensorrt BUNDLE_DIR`` on the device reads ``calibration.npz``).
+from this module (``python -m modelport.backends.tensorrt.convert BUNDLE_DIR`` on the device reads ``calibration.npz``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from modelport.converters.base import Converter
-from modelport.converters.tensorrt_preflight import PreflightReport, preflight
+from modelport.backends.base import Converter
+from modelport.backends.tensorrt.preflight import PreflightReport, preflight
 from modelport.core.files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision, TensorSpec
@@ -420,7 +420,7 @@ def _copy_onnx(artifact: Artifact, out_dir: Path) -> dict[str, str]:
 
 def calibration_arrays(calibration: Feeds, inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """Every calibration batch checked against the model inputs, then joined into one array per input."""
-    from modelport.runtimes.base import validate_feed
+    from modelport.backends.base import validate_feed
 
     names = [t.name for t in inputs]
     if len(calibration) == 0:
@@ -533,12 +533,12 @@ PY
 
 _CALIB_BLOCK = r"""# INT8: trtexec reads a calibration cache but cannot calibrate from data. Caches are keyed by
 # the ONNX sha256 and the TensorRT version; modelport's builder writes them
-# ('python -m modelport.converters.tensorrt .' reads calibration.npz and builds the engine itself).
+# ('python -m modelport.backends.tensorrt.convert .' reads calibration.npz and builds the engine itself).
 export CALIB_CACHE="${CALIB_CACHE:-@CACHE_PREFIX@${TRT_VERSION}.cache}"
 if [ ! -s "$CALIB_CACHE" ]; then
   echo "No INT8 calibration cache '$CALIB_CACHE' for this model and TensorRT $TRT_VERSION. Without one trtexec" \
        "uses placeholder scales and the engine's accuracy is meaningless." \
-       "Run 'python -m modelport.converters.tensorrt .' here instead (it calibrates from" \
+       "Run 'python -m modelport.backends.tensorrt.convert .' here instead (it calibrates from" \
        "calibration.npz), or set CALIB_CACHE." >&2
   exit 2
 fi
@@ -871,7 +871,7 @@ class TensorRtConverter(Converter):
                 f"The {precision} TensorRT engine for '{profile.name}' cannot be built on this machine: {why} "
                 f"The device bundle was written to {out_dir} ({written}).",
                 fix=f"copy {out_dir} to the device (NVIDIA GPU with TensorRT 10) and run 'bash {SCRIPT_NAME}' there"
-                + (" or, for INT8 calibrated from calibration.npz, 'python -m modelport.converters.tensorrt <folder>'"
+                + (" or, for INT8 calibrated from calibration.npz, 'python -m modelport.backends.tensorrt.convert <folder>'"
                    if precision is Precision.INT8 else "")
                 + ".",
             )
@@ -884,7 +884,7 @@ class TensorRtConverter(Converter):
 def _lowering_plan(options: Mapping[str, Any] | None, precision: Precision) -> Any:
     """TensorRT calibrates INT8 itself: NNCF/ONNX Runtime settings are noted as not applicable; what it cannot
     honour at all (accuracy-controlled or dynamic quantization) is refused before anything is written."""
-    from modelport.converters.lowering import plan_lowering
+    from modelport.backends.lowering import plan_lowering
 
     plan = plan_lowering(options, precision, "tensorrt", frozenset())
     opts = options or {}
@@ -952,10 +952,10 @@ def build_from_bundle(directory: Path) -> Artifact:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m modelport.converters.tensorrt BUNDLE_DIR``: build the engine of a bundle on this machine."""
+    """``python -m modelport.backends.tensorrt.convert BUNDLE_DIR``: build the engine of a bundle on this machine."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0] in {"-h", "--help"}:
-        print("usage: python -m modelport.converters.tensorrt BUNDLE_DIR", file=sys.stderr)
+        print("usage: python -m modelport.backends.tensorrt.convert BUNDLE_DIR", file=sys.stderr)
         return 2
     try:
         art = build_from_bundle(Path(args[0]))

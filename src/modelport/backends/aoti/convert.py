@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.converters.base import Converter
+from modelport.backends.base import Converter
 from modelport.core.files import atomic_path, atomic_write_json, sha256_file
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision
@@ -244,7 +244,7 @@ def reference_module(artifact: Artifact) -> "torch.nn.Module":
     """The FP32 module behind a PYTORCH artifact: the in-process module registered for its sha256 (Python API),
     else rebuilt from ``details['arch']`` + ``model_kwargs`` and the safetensors file. Same lookup as the eager
     runtime, so the package is compiled from exactly the module the reference rows measure."""
-    from modelport.runtimes.torch_eager import module_for
+    from modelport.backends.torch.runtime import module_for
 
     return module_for(artifact)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.converters.aoti import (
+from modelport.backends.aoti.convert import (
     aoti_availability,
     check_sidecar,
     current_environment,
@@ -30,7 +30,7 @@ from modelport.converters.aoti import (
 from modelport.core.files import sha256_file
 from modelport.core.types import Artifact, Format
 from modelport.errors import InferenceInputError, InputError, RuntimeUnavailableError, ValidationError
-from modelport.runtimes.base import Feed, Runtime, Session
+from modelport.backends.base import Feed, Runtime, Session
 
 _REBUILD = "rebuild the package on this machine with 'modelport convert --profiles cpu-aoti' (or cuda-aoti)"
 

@@ -213,7 +213,7 @@ def environment_summary(env: dict[str, Any]) -> str:
 
 def write_markdown(comparison: Comparison, path: Path) -> Path:
     """A GitHub table of every machine's rows, the warnings, and one environment line per machine."""
-    from modelport.benchmark.report import HEADERS, largest_batch, row_cells
+    from modelport.reporting.report import HEADERS, largest_batch, row_cells
 
     def md(text: str) -> str:  # no raw HTML from a results file in a page that renders Markdown
         return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")

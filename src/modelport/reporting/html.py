@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.benchmark.merge import Comparison, MachineRun, environment_summary, single
+from modelport.reporting.merge import Comparison, MachineRun, environment_summary, single
 from modelport.benchmark.results import BenchResults
 from modelport.core.files import atomic_write_text
 

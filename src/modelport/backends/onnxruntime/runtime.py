@@ -19,7 +19,7 @@ import numpy as np
 
 from modelport.core.types import Artifact, Format
 from modelport.errors import InputError, RuntimeUnavailableError
-from modelport.runtimes.base import Feed, Runtime, Session
+from modelport.backends.base import Feed, Runtime, Session
 
 _INSTALL_HINT = "onnxruntime is not installed: pip install onnxruntime"
 _PROVIDERS = {"CPU": ["CPUExecutionProvider"], "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"]}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.converters.tensorrt import (
+from modelport.backends.tensorrt.convert import (
     SCRIPT_NAME,
     make_trt_logger,
     torch_dtype,
@@ -31,7 +31,7 @@ from modelport.converters.tensorrt import (
 from modelport.core.files import sha256_file
 from modelport.core.types import Artifact, Format
 from modelport.errors import InferenceInputError, InputError, RuntimeUnavailableError, ValidationError
-from modelport.runtimes.base import Feed, Runtime, Session
+from modelport.backends.base import Feed, Runtime, Session
 
 SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
 _REBUILD = f"rebuild from model.onnx with {SCRIPT_NAME} on this machine"

@@ -1,0 +1,1 @@
+"""Eager PyTorch: the reference every artifact is compared with (runtime only)."""

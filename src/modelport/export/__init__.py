@@ -1,0 +1,1 @@
+"""torch → ONNX export, and validation of every export against the source model."""

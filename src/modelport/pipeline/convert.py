@@ -1,0 +1,265 @@
+"""``convert``: checkpoint → validated artifacts per profile, staged and moved into place whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelport.core.manifest import Manifest
+from modelport.core.outdir import staged_dir
+from modelport.core.profiles import (
+    parse_precision_list,
+    parse_profile_list,
+)
+from modelport.core.types import (
+    Artifact,
+    Precision,
+    Status,
+)
+from modelport.errors import InputError
+from modelport.pipeline.data_plan import SAMPLES_NAME, _plan_data, _write_samples
+from modelport.pipeline.lower import _lower, _precisions_for
+from modelport.pipeline.references import (
+    _accuracy,
+    _copy_onnx_source,
+    _onnx_reference,
+    _save_reference,
+)
+from modelport.pipeline.sources import (
+    _apply_recipe,
+    _count_parameters,
+    _example_inputs,
+    _export_precision,
+    _load_recipe,
+    _load_source,
+    _opt_path,
+    _with_recipe,
+)
+
+if TYPE_CHECKING:
+    from modelport.compression.recipe import CompressedModel, Recipe
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Default progress sink: say nothing (library use)."""
+
+
+@dataclass
+class ConversionResult:
+    """What ``convert`` produced: the output folder and its manifest."""
+
+    out_dir: Path
+    manifest: Manifest
+    skipped: list[str]
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return self.manifest.artifacts
+
+
+def convert(
+    model_or_path: Any,
+    *,
+    out: str | Path,
+    arch: str | None = None,
+    example_inputs: Any = None,
+    dataset: str | None = None,
+    dataset_root: str | Path | None = None,
+    profiles: str | list[str] | None = None,
+    precisions: str | list[str] | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    calibration_data: Any = None,
+    validation_data: Any = None,
+    calibration_size: int = 300,
+    output_names: list[str] | None = None,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    recipe: "Recipe | str | Path | None" = None,
+    compression_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> ConversionResult:
+    """Export ``model_or_path`` to ONNX (validated against PyTorch) and lower it for each profile and precision.
+
+    ``model_or_path``: an ``nn.Module``, or a ``.safetensors``/``.pt`` state dict (needs ``arch``), or an ``.onnx``
+    file (export skipped). Registry models default to the ``digits`` dataset; any other module needs
+    ``example_inputs`` and either ``dataset`` or ``calibration_data``/``validation_data``.
+    Everything is written to a staging folder and moved to ``out`` only when the run finishes.
+    ``recipe`` (a ``Recipe`` or a recipe TOML path) compresses the PyTorch model before export; its steps are checked
+    before any work, the manifest records each step and the uncompressed model's accuracy, and a recipe ending in a
+    lowering step (quantize) defaults ``precisions`` to that step's precision. ``compression_seconds`` caps each
+    step's fine-tuning.
+    """
+    say = progress or _quiet
+    profile_list = parse_profile_list(profiles)
+    wanted = parse_precision_list(precisions)
+    recipe_obj = _load_recipe(recipe)
+    if recipe_obj is not None and wanted is None and recipe_obj.lowering_precision is not None:
+        wanted = parse_precision_list(recipe_obj.lowering_precision)
+    out_path = Path(out)
+    from modelport.core.outdir import check_out_dir
+
+    check_out_dir(out_path.absolute(), overwrite=overwrite)  # fail before the slow work
+
+    say("loading the model")
+    source = _load_source(
+        model_or_path,
+        arch=arch,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        trust_pickle=trust_pickle,
+    )
+    input_shape = None
+    if source.arch is not None:
+        input_shape = (
+            source.model_kwargs["in_channels"],
+            source.model_kwargs["image_size"],
+            source.model_kwargs["image_size"],
+        )
+    if dataset is None and source.arch is not None and calibration_data is None:
+        dataset = "digits"
+    if recipe_obj is not None and source.model is None:
+        raise InputError(
+            f"Recipe '{recipe_obj.name}' needs a PyTorch model, but {model_or_path} is an ONNX file.",
+            fix="convert the PyTorch checkpoint with the recipe, or drop --recipe and pass --precisions int8.",
+        )
+
+    with staged_dir(out_path, overwrite=overwrite) as stage:
+        artifacts: list[Artifact] = []
+        compressed: CompressedModel | None = None
+        torch_art: Artifact | None = None  # the PyTorch reference, for converters that compile it (AOTInductor)
+        if source.onnx_path is not None:
+            from modelport.export.onnx import onnx_artifact_from_file
+
+            say("reading the ONNX model")
+            onnx_src = onnx_artifact_from_file(source.onnx_path)
+            input_names = [t.name for t in onnx_src.inputs]
+            if len(onnx_src.inputs) == 1 and len(onnx_src.inputs[0].shape) == 4 and input_shape is None:
+                dims = onnx_src.inputs[0].shape[1:]
+                if all(isinstance(d, int) for d in dims):
+                    input_shape = tuple(dims)  # type: ignore[assignment]
+            if dataset is None and calibration_data is None and input_shape is not None:
+                dataset = "digits"
+            plan = _plan_data(
+                dataset=dataset,
+                dataset_root=_opt_path(dataset_root),
+                input_names=input_names,
+                input_shape=input_shape,
+                calibration_data=calibration_data,
+                validation_data=validation_data,
+                example_feed=None,
+                calibration_size=calibration_size,
+                seed=seed,
+            )
+            onnx_art = _copy_onnx_source(onnx_src, stage, plan.preprocessing)
+            reference = _onnx_reference(onnx_art, plan.validation)
+            artifacts.append(onnx_art.replace(status=Status.VALIDATED, details={**onnx_art.details, "reference": True}))
+        else:
+            examples = _example_inputs(source, example_inputs, input_shape)
+            input_names = list(examples)
+            example_feed = {k: v.detach().cpu().numpy() for k, v in examples.items()}
+            plan = _plan_data(
+                dataset=dataset,
+                dataset_root=_opt_path(dataset_root),
+                input_names=input_names,
+                input_shape=input_shape,
+                calibration_data=calibration_data,
+                validation_data=validation_data,
+                example_feed=example_feed,
+                calibration_size=calibration_size,
+                seed=seed,
+            )
+            if recipe_obj is not None:
+                say(f"applying recipe '{recipe_obj.name}' ({recipe_obj.summary()})")
+                compressed = _apply_recipe(source, recipe_obj, plan, input_names, seed, compression_seconds)
+                source = dataclasses.replace(source, model=compressed.model, arch=compressed.arch)
+            say("saving the PyTorch reference")
+            torch_art = _save_reference(source, examples, stage, plan.preprocessing)
+            artifacts.append(torch_art)
+            from modelport.export.onnx import (
+                export_onnx,
+                reference_outputs,
+                validate_onnx,
+            )
+
+            reference = reference_outputs(source.model, plan.validation)
+            say("exporting to ONNX and validating against PyTorch")
+            onnx_art = export_onnx(
+                source.model,
+                examples,
+                stage / "onnx" / "model.onnx",
+                output_names=output_names,
+                preprocessing=plan.preprocessing,
+                parent_sha256=torch_art.sha256,
+            )
+            export_precision = _export_precision(compressed)
+            if export_precision is Precision.INT8 and wanted is None:
+                wanted = [Precision.INT8]  # a QAT model is quantized already: it lowers at int8 only
+            onnx_art = validate_onnx(onnx_art, source.model, plan.validation, precision=export_precision)
+            onnx_art = onnx_art.replace(profile=None, precision=export_precision)
+            artifacts.append(onnx_art)
+            if not onnx_art.ok:
+                say(f"ONNX export {onnx_art.status_text}")
+
+        ref_accuracy = _accuracy(reference, plan.validation)
+        lowering = compressed.lowering if compressed is not None else None
+        skipped: list[str] = []
+        for profile in profile_list:
+            for precision in _precisions_for(profile, wanted, skipped):
+                say(f"lowering for {profile.name} at {precision}")
+                artifacts.append(
+                    _lower(
+                        onnx_art,
+                        profile,
+                        precision,
+                        plan,
+                        stage,
+                        reference,
+                        ref_accuracy,
+                        options=lowering,
+                        torch_art=torch_art,
+                    )
+                )
+        _write_samples(stage / SAMPLES_NAME, plan.validation, reference)
+        final = str(out_path.absolute())
+        artifacts = [a.replace(status_detail=a.status_detail.replace(str(stage), final)) for a in artifacts]
+        if compressed is not None:
+            artifacts = _with_recipe(artifacts, compressed)
+        manifest = Manifest(
+            artifacts=artifacts,
+            model={
+                "arch": source.arch,
+                "model_kwargs": source.model_kwargs,
+                "source_kind": source.kind,
+                "checkpoint_sha256": source.checkpoint_sha256,
+                "parameters": _count_parameters(source.model),
+                "input_names": input_names,
+                **({"recipe": compressed.manifest_record()} if compressed is not None else {}),
+            },
+            dataset={**plan.description, "class_names": plan.class_names, "reference_accuracy": ref_accuracy},
+            preprocessing=plan.preprocessing,
+            environment=_environment(),
+            created=_now(),
+        )
+        manifest.write(stage)
+    manifest.artifacts = [a.replace(path=out_path.absolute() / a.path.relative_to(stage)) for a in manifest.artifacts]
+    return ConversionResult(out_dir=out_path.absolute(), manifest=manifest, skipped=skipped)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _environment() -> dict[str, Any]:
+    from modelport.benchmark.environment import collect_environment
+
+    return collect_environment()

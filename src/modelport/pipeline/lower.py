@@ -1,0 +1,142 @@
+"""Lowering the validated export for each profile, and checking each lowered artifact in its runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelport.agreement import judge
+from modelport.core.profiles import (
+    DeviceProfile,
+)
+from modelport.core.types import (
+    Artifact,
+    Format,
+    Precision,
+    Status,
+)
+from modelport.data.feeds import Feeds
+from modelport.errors import ModelportError, RuntimeUnavailableError
+from modelport.pipeline.data_plan import DataPlan
+
+if TYPE_CHECKING:
+    pass
+
+
+def _precisions_for(profile: DeviceProfile, wanted: list[Precision] | None, skipped: list[str]) -> list[Precision]:
+    if wanted is None:
+        return list(profile.default_precisions)
+    keep = [p for p in wanted if p in profile.precisions]
+    for p in wanted:
+        if p not in profile.precisions:
+            skipped.append(f"{profile.name}/{p}: {profile.name} supports {', '.join(profile.precisions)} only")
+    return keep
+
+
+def _lower(
+    onnx_art: Artifact,
+    profile: DeviceProfile,
+    precision: Precision,
+    plan: DataPlan,
+    stage: Path,
+    reference: list[np.ndarray],
+    ref_accuracy: float | None,
+    options: Mapping[str, Any] | None = None,
+    torch_art: Artifact | None = None,
+) -> Artifact:
+    """Convert for one profile/precision and validate the result in its runtime; failures become rows, not crashes.
+
+    Converters lower from the ONNX export, except those whose ``source`` is PYTORCH (AOTInductor), which get the
+    PyTorch reference ``torch_art``; with an .onnx input there is none and their row says so.
+
+    ``options``: lowering options of the recipe's stage-``lowering`` steps (``StepOutcome.lowering``, keys in
+    ``modelport.backends.lowering``), given to the converter; accuracy control also gets the validation feeds.
+    """
+    from modelport.backends import get_converter
+
+    converter = get_converter(profile.runtime)
+    from_torch = converter.source is Format.PYTORCH
+    parent = torch_art if from_torch and torch_art is not None else onnx_art
+    out_dir = stage / profile.name / str(precision)
+    placeholder = Artifact(
+        path=out_dir,
+        format=profile.format,
+        precision=precision,
+        inputs=parent.inputs,
+        outputs=parent.outputs,
+        profile=profile.name,
+        parent_sha256=parent.sha256,
+        preprocessing=onnx_art.preprocessing,
+    )
+    if from_torch and torch_art is None:
+        return placeholder.replace(
+            status=Status.UNAVAILABLE,
+            status_detail=f"needs the PyTorch model: {profile.name} compiles the PyTorch module, and an .onnx input "
+            "has none; convert the checkpoint (.safetensors/.pt with --arch) or pass the nn.Module instead",
+        )
+    if not parent.ok:
+        what = "PyTorch reference" if from_torch else "ONNX export"
+        return placeholder.failed(f"the {what} it would be lowered from is {parent.status_text}")
+    calibration = plan.calibration if precision is Precision.INT8 else None
+    if options and "max_drop" in (options.get("quantization") or {}):
+        options = {**options, "validation_feeds": plan.validation}
+    try:
+        art = converter.convert(
+            parent, profile, precision, calibration=calibration, out_dir=out_dir, options=options or None
+        )
+    except RuntimeUnavailableError as exc:
+        return placeholder.replace(status=Status.UNAVAILABLE, status_detail=exc.message)
+    except ModelportError as exc:
+        return placeholder.failed(exc.message)
+    return _validate_lowered(art, profile, plan.validation, reference, ref_accuracy)
+
+
+def _validate_lowered(
+    art: Artifact, profile: DeviceProfile, feeds: Feeds, reference: list[np.ndarray], ref_accuracy: float | None
+) -> Artifact:
+    """Run the artifact in its runtime (on CPU as a functional check when the target device is absent)."""
+    from modelport.backends import get_runtime
+    from modelport.evaluation import evaluate
+
+    runtime = get_runtime(profile.runtime)
+    ok, why = runtime.availability()
+    if not ok:
+        return art.replace(details={**art.details, "validation_skipped": why})
+    device = profile.device
+    note = None
+    dev_ok, dev_why = runtime.device_available(device)
+    if not dev_ok:
+        if "CPU" not in runtime.devices():
+            return art.replace(details={**art.details, "validation_skipped": dev_why})
+        note = f"validated on CPU as a functional check: {dev_why}"
+        device = "CPU"
+    try:
+        with runtime.load(art, device=device) as session:
+            result = evaluate(session, feeds, reference)
+    except ModelportError as exc:
+        return art.failed(f"could not run in {runtime.name}: {exc.message}")
+    except Exception as exc:  # a runtime's own error: the row says so, the run goes on
+        return art.failed(
+            f"could not run in {runtime.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+    drop = None
+    if result.accuracy is not None and ref_accuracy is not None:
+        drop = ref_accuracy - result.accuracy
+    details = {
+        **art.details,
+        "validation": {
+            **(result.agreement.to_dict() if result.agreement else {}),
+            "accuracy": result.accuracy,
+            "accuracy_drop": drop,
+            "device": device,
+            "samples": feeds.num_samples,
+        },
+    }
+    if note:
+        details["validation_note"] = note
+    verdict = judge(art.precision, result.agreement, drop) if result.agreement else None
+    art = art.replace(details=details)
+    return art.failed(verdict) if verdict else art.replace(status=Status.VALIDATED)
