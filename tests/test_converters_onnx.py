@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelport.backends import onnx as conv_onnx
+from modelport.export import onnx as conv_onnx
 from modelport.export.onnx import (
     export_onnx,
     onnx_artifact_from_file,

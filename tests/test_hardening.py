@@ -167,7 +167,7 @@ def test_onnx_external_data_outside_is_refused_before_anything_is_read(tmp_path:
 def test_onnx_saved_with_external_data_never_writes_outside_the_output_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelport.backends import onnx as onnx_conv
+    from modelport.export import onnx as onnx_conv
 
     monkeypatch.setattr(onnx_conv, "_SELF_CONTAINED_LIMIT", 0)  # take the > 2 GB path with a small model
     out = tmp_path / "out" / "onnx" / "model.onnx"

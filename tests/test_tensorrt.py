@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.backends import tensorrt as trtconv
+from modelport.backends.tensorrt import convert as trtconv
 from modelport.backends.tensorrt.convert import (
     BUNDLE_NAME,
     CALIBRATION_NAME,
