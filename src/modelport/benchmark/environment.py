@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+from modelport.core.cpu import RECORDED_FLAGS as CPU_FLAGS
+
 PACKAGES = {
     "torch": ("torch",),
     "onnx": ("onnx",),
@@ -37,23 +38,18 @@ def _version(dists: tuple[str, ...]) -> str | None:
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    info: dict[str, Any] = {"model": platform.processor() or None, "flags": {f: None for f in CPU_FLAGS}}
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return info
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not info.get("model_from_cpuinfo"):
-            info["model"] = value.strip()
-            info["model_from_cpuinfo"] = True
-        elif key in {"flags", "Features"} and not flags:
-            flags = set(value.split())
-    info.pop("model_from_cpuinfo", None)
-    if flags:
-        info["flags"] = {f: f in flags for f in CPU_FLAGS}
+    """The hardware's model and flags (core.cpu reads them; a MODELPORT_CPU_FLAGS override is recorded beside)."""
+    from modelport.core.cpu import CPU_FLAGS_ENV, cpu_info
+
+    hw = cpu_info(path, override=False)
+    info: dict[str, Any] = {
+        "model": hw.model or None,
+        "flags": {f: (f in hw.flags) if hw.known else None for f in CPU_FLAGS},
+        "int8_class": hw.int8_class,
+    }
+    decided = cpu_info(path)
+    if decided.source == CPU_FLAGS_ENV:
+        info["decisions_use"] = {"flags_override": sorted(decided.flags), "int8_class": decided.int8_class}
     return info
 
 
@@ -146,6 +142,8 @@ def collect_environment(threads: int | None = None) -> dict[str, Any]:
             "logical_cores": os.cpu_count(),
             "usable_cores": _safe(lambda: len(os.sched_getaffinity(0))),
             "flags": cpu.get("flags"),
+            "int8_class": cpu.get("int8_class"),
+            **({"decisions_use": cpu["decisions_use"]} if cpu.get("decisions_use") else {}),
             "machine": platform.machine(),
         },
         "memory_total_mb": _safe(_memory_total_mb),

@@ -102,20 +102,11 @@ def aoti_availability(device: str = "CPU", *, compile: bool = False) -> tuple[bo
 
 
 def _cpu_flags(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
-    """(CPU model name, sorted feature flags) from /proc/cpuinfo; empty where it cannot be read."""
-    model, flags = "", set()
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return model or platform.processor() or "", sorted(flags)
+    """(CPU model name, sorted feature flags) of the hardware (core.cpu); empty where they cannot be read."""
+    from modelport.core.cpu import cpu_info
+
+    hw = cpu_info(path, override=False)
+    return hw.model, sorted(hw.flags)
 
 
 def current_environment(device: str = "CPU") -> dict[str, Any]:
