@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +51,7 @@ def bench(
     Writes ``results.json``, ``results.csv``, ``results.md`` and ``report.html`` to ``out`` (default: the folder
     itself) and returns the results. Rows that cannot run here say why; nothing is silently dropped.
     """
-    from modelport.benchmark.results import BenchResults
-    from modelport.benchmark.runner import BenchConfig, benchmark_artifact
-    from modelport.reporting.html import write_html
-    from modelport.reporting.report import warnings_for, write_csv, write_markdown
+    from modelport.benchmark.runner import BenchConfig
 
     say = progress or _quiet
     if not isinstance(source, ConversionResult):
@@ -76,56 +74,12 @@ def bench(
     reference, ref_label = _bench_reference(manifest, feeds, config)
     ref_accuracy = _accuracy(reference, feeds) if reference is not None else None
 
-    rows = []
-    with contextlib.ExitStack() as cleanup:
-        shared = None
-        if config.isolate:  # evaluation data written once for all children, removed at the end (also on error)
-            from modelport.benchmark.isolation import shared_eval_data
-
-            shared = cleanup.enter_context(shared_eval_data(feeds, reference))
-        for art in manifest.artifacts:
-            is_ref = bool(art.details.get("reference"))
-            if art.profile is None and not (include_reference and is_ref or art.format is Format.ONNX):
-                continue
-            if art.profile is not None and selected is not None and art.profile not in selected:
-                continue
-            runtime_name, device, label = _runtime_for(art)
-            say(f"benchmarking {label}")
-            from modelport.backends import RUNTIMES, get_runtime
-
-            if config.isolate:  # a fresh subprocess per artifact: own peak memory, a crash becomes a failed row
-                from modelport.benchmark.isolation import run_isolated
-
-                row = run_isolated(
-                    art,
-                    runtime_spec=RUNTIMES[runtime_name],
-                    runtime_name=runtime_name,
-                    device=device,
-                    config=config,
-                    eval_feeds=feeds,
-                    reference_outputs=reference,
-                    reference_accuracy=ref_accuracy,
-                    label=label,
-                    progress=progress,
-                    data=shared,
-                )
-            else:
-                row = benchmark_artifact(
-                    art,
-                    runtime=get_runtime(runtime_name),
-                    device=device,
-                    config=config,
-                    eval_feeds=feeds,
-                    reference_outputs=reference,
-                    reference_accuracy=ref_accuracy,
-                    label=label,
-                    progress=progress,
-                )
-            rows.append(row)
-
-    results = BenchResults(
-        created=_now(),
-        environment=_environment_with_threads(config.threads),
+    items = [_folder_item(art) for art in manifest.artifacts if _wanted(art, selected, include_reference)]
+    plan = BenchPlan(
+        items=items,
+        feeds=feeds,
+        reference=reference,
+        reference_accuracy=ref_accuracy,
         source={
             "manifest": str((folder / "manifest.json").absolute()),
             "model": manifest.model,
@@ -134,17 +88,129 @@ def bench(
             "reference_accuracy": ref_accuracy,
             "eval_samples": feeds.num_samples,
         },
+    )
+    results = run_plan(plan, config, progress)
+    write_results(results, Path(out) if out is not None else folder)
+    return results
+
+
+@dataclass
+class BenchItem:
+    """One artifact to benchmark: where it runs, its row label, and a status decided before running (if any)."""
+
+    artifact: Artifact
+    runtime: str
+    device: str
+    label: str
+    status: str | None = None  # e.g. "failed: hash check: …": the row is reported, not run
+    untrusted: bool = False  # from a handed-over bundle: the child checks the file as hostile input first
+    probe_first: bool = False  # in-process run of an untrusted artifact: test-load it in a child first
+    rel_path: str | None = None  # the path the row records (a temporary unpack folder means nothing later)
+
+
+@dataclass
+class BenchPlan:
+    """Everything one bench run needs, whatever it came from (a convert folder or a bundle)."""
+
+    items: list[BenchItem]
+    feeds: Feeds
+    reference: list[np.ndarray] | None
+    reference_accuracy: float | None
+    source: dict[str, Any]
+
+
+def run_plan(plan: BenchPlan, config: "BenchConfig", progress: Progress | None = None) -> "BenchResults":
+    """The one bench loop: every item in a fresh child (``config.isolate``) or in-process, in order."""
+    from modelport.benchmark.results import BenchResults
+
+    rows = []
+    with contextlib.ExitStack() as cleanup:
+        shared = None
+        if config.isolate:  # evaluation data written once for all children, removed at the end (also on error)
+            from modelport.benchmark.isolation import shared_eval_data
+
+            shared = cleanup.enter_context(shared_eval_data(plan.feeds, plan.reference))
+        for item in plan.items:
+            row = _run_item(item, plan, config, progress, shared)
+            if item.rel_path is not None:
+                row.path = item.rel_path
+            rows.append(row)
+    return BenchResults(
+        created=_now(),
+        environment=_environment_with_threads(config.threads),
+        source=plan.source,
         config=_config_dict(config),
         rows=rows,
     )
+
+
+def _run_item(item: BenchItem, plan: BenchPlan, config: "BenchConfig", progress: Progress | None, shared: Any) -> Any:
+    from modelport.backends import get_runtime, runtime_spec
+    from modelport.benchmark.results import ArtifactResult
+    from modelport.benchmark.runner import benchmark_artifact
+
+    say = progress or _quiet
+    status = item.status
+    if status is None and item.probe_first and not config.isolate:
+        if get_runtime(item.runtime).device_available(item.device)[0]:
+            from modelport.bundle.probe import probe_load
+
+            say(f"{item.label}: test-loading in a separate process")
+            reason = probe_load(item.artifact, item.runtime, item.device)
+            status = None if reason is None else f"failed: {reason}"
+    if status is not None:
+        row = ArtifactResult.for_artifact(
+            item.artifact, runtime=item.runtime, device=item.device, label=item.label, threads=config.threads
+        )
+        row.status = status
+        say(f"{item.label}: {status}")
+        return row
+    say(f"benchmarking {item.label}")
+    common = dict(
+        device=item.device,
+        config=config,
+        eval_feeds=plan.feeds,
+        reference_outputs=plan.reference,
+        reference_accuracy=plan.reference_accuracy,
+        label=item.label,
+        progress=progress,
+    )
+    if config.isolate:  # a fresh subprocess per artifact: own peak memory, a crash becomes a failed row
+        from modelport.benchmark.isolation import run_isolated
+
+        return run_isolated(
+            item.artifact,
+            runtime_spec=runtime_spec(item.runtime),
+            runtime_name=item.runtime,
+            untrusted=item.untrusted,
+            data=shared,
+            **common,
+        )
+    return benchmark_artifact(item.artifact, runtime=get_runtime(item.runtime), **common)
+
+
+def write_results(results: "BenchResults", out_dir: Path) -> None:
+    """results.json, .csv, .md and report.html, with the warnings computed first."""
+    from modelport.reporting.html import write_html
+    from modelport.reporting.report import warnings_for, write_csv, write_markdown
+
     warnings_for(results)
-    out_dir = Path(out) if out is not None else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     results.write_json(out_dir / "results.json")
     write_csv(results, out_dir / "results.csv")
     write_markdown(results, out_dir / "results.md")
     write_html(results, out_dir / "report.html")
-    return results
+
+
+def _wanted(art: Artifact, selected: set[str] | None, include_reference: bool) -> bool:
+    if art.profile is None:
+        return bool(include_reference and art.details.get("reference") or art.format is Format.ONNX)
+    return selected is None or art.profile in selected
+
+
+def _folder_item(art: Artifact) -> BenchItem:
+    runtime_name, device, label = _runtime_for(art)
+    return BenchItem(artifact=art, runtime=runtime_name, device=device, label=label)
 
 
 def _environment_with_threads(threads: int | None) -> dict[str, Any]:
