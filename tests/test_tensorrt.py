@@ -545,7 +545,7 @@ def _ort_reference(art: Artifact, x: np.ndarray) -> np.ndarray:
 def _trt_outputs(art: Artifact, x: np.ndarray) -> tuple[np.ndarray, object]:
     with TensorRtRuntime().load(art, "cuda:0") as sess:
         y = sess.infer({"input": x})[0]
-        sess.sync()
+        sess.synchronize()
         return y, sess
 
 

@@ -64,14 +64,16 @@ def test_openvino_bound_call_returns_what_infer_returns(linear_ir: Path, linear_
 
 
 def test_sync_fallback_for_a_runtime_without_async(linear_onnx: LinearModel) -> None:
-    class SyncOnly:
-        """A session exposing only the public ``bind`` (as eager PyTorch does)."""
+    from modelport.backends.base import Session
+    from modelport.backends.onnxruntime.runtime import OnnxRuntimeSession
 
-        def __init__(self, session) -> None:  # noqa: ANN001
-            self.bind = session.bind
+    class SyncOnly(OnnxRuntimeSession):
+        """A real session without an async engine (as eager PyTorch): Session's declared default says so."""
 
-    with OnnxRuntimeRuntime().load(artifact_for(linear_onnx.path), threads=1) as session:
-        stats = measure_throughput(SyncOnly(session), _feed(2), 2, seconds=0.05, warmup_seconds=0.0)
+        run_throughput = Session.run_throughput
+
+    with SyncOnly(artifact_for(linear_onnx.path), "CPU", 1) as session:
+        stats = measure_throughput(session, _feed(2), 2, seconds=0.05, warmup_seconds=0.0)
     assert stats.engine.startswith("synchronous loop") and stats.streams == 1 and stats.completed > 0
 
 

@@ -29,12 +29,30 @@ Feed = dict[str, np.ndarray]
 
 
 class Session(ABC):
-    """An artifact loaded on a device, ready to run. Use as a context manager."""
+    """An artifact loaded on a device, ready to run. Use as a context manager.
+
+    Optional hooks are declared here with defaults, so callers call them instead of probing with ``getattr``:
+    ``synchronize`` (wait for queued device work; a no-op on CPU), ``settings`` (what the runtime really uses),
+    ``notes`` (facts a result should carry) and ``run_throughput`` (the runtime's own concurrency; ``None``: the
+    caller measures a synchronous loop). A session whose device work is ``asynchronous`` (GPU) must implement
+    ``synchronize``: the class is refused at definition otherwise, so it cannot be timed without one.
+    """
+
+    asynchronous: bool = False  # device work outlives ``infer``'s return (GPU streams): timing needs synchronize
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.asynchronous and cls.synchronize is Session.synchronize:
+            raise TypeError(
+                f"{cls.__name__} runs asynchronous device work but does not implement synchronize(): the timing "
+                "loop could stop the clock before the work is done."
+            )
 
     def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
         self.artifact = artifact
         self.device = device
         self.threads = threads
+        self.notes: list[str] = []  # facts the benchmark row should carry (e.g. a plugin's default precision)
         self._active = False
 
     @property
@@ -83,6 +101,24 @@ class Session(ABC):
 
     def _bind(self, feed: Feed) -> Callable[[], list[np.ndarray]]:
         return functools.partial(self._infer, feed)
+
+    def synchronize(self) -> None:
+        """Wait until work queued on the device is done; the timing loop calls it before stopping the clock.
+
+        Default: nothing to wait for (CPU runtimes finish inside ``infer``).
+        """
+
+    def settings(self) -> dict[str, Any]:
+        """What the runtime really uses (threads, streams, precision…), read back where it can; default: nothing."""
+        return {}
+
+    def run_throughput(
+        self, feed: Feed, *, seconds: float, warmup_seconds: float, streams: int | None = None
+    ) -> dict[str, Any] | None:
+        """Items per second with the runtime's own concurrency (async queue, concurrent sessions): a dict with
+        ``completed``, ``seconds``, ``streams``, ``requests``, ``engine``…; ``None`` (the default) when the runtime
+        has none, and the caller times a synchronous loop instead."""
+        return None
 
     @abstractmethod
     def _open(self) -> None: ...

@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelport.errors import ManifestError
+
+if TYPE_CHECKING:
+    from modelport.backends.base import Session
 
 MODES = ("latency", "throughput", "both")
 
@@ -57,17 +60,23 @@ class ThroughputStats:
             raise ManifestError(f"Malformed throughput record {d!r}: {exc}.", fix="re-run the benchmark.") from exc
 
 
-def _sync_loop(run: Callable[[], object], seconds: float, warmup_seconds: float) -> dict[str, Any]:
+def _sync_loop(run: Callable[[], object], seconds: float, warmup_seconds: float,
+               sync: Callable[[], None] | None = None) -> dict[str, Any]:
+    """One request at a time; ``sync`` (asynchronous GPU sessions) waits for each before its clock stops."""
     clock = time.perf_counter_ns
     end = clock() + int(warmup_seconds * 1e9)
     while clock() < end:
         run()
+    if sync is not None:
+        sync()
     done, lat = 0, []
     t0 = clock()
     end = t0 + int(seconds * 1e9)
     while clock() < end:
         t = clock()
         run()
+        if sync is not None:
+            sync()
         lat.append(clock() - t)
         done += 1
     return {"completed": done, "seconds": (clock() - t0) / 1e9, "streams": 1, "requests": 1,
@@ -75,14 +84,12 @@ def _sync_loop(run: Callable[[], object], seconds: float, warmup_seconds: float)
             "engine": "synchronous loop (runtime has no async mode)"}
 
 
-def measure_throughput(session: Any, feed: dict[str, np.ndarray], batch: int, *, seconds: float,
+def measure_throughput(session: Session, feed: dict[str, np.ndarray], batch: int, *, seconds: float,
                        warmup_seconds: float, streams: int | None = None) -> ThroughputStats:
     """Run ``feed`` for ``seconds`` with the session's async engine (or a sync loop) and count items per second."""
-    native = getattr(session, "run_throughput", None)
-    if native is not None:
-        raw = native(feed, seconds=seconds, warmup_seconds=warmup_seconds, streams=streams)
-    else:
-        raw = _sync_loop(session.bind(feed), seconds, warmup_seconds)
+    raw = session.run_throughput(feed, seconds=seconds, warmup_seconds=warmup_seconds, streams=streams)
+    if raw is None:
+        raw = _sync_loop(session.bind(feed), seconds, warmup_seconds, session.synchronize if session.asynchronous else None)
     return ThroughputStats(
         batch=batch, completed=int(raw["completed"]), seconds=float(raw["seconds"]), streams=raw.get("streams"),
         requests=raw.get("requests"), engine=str(raw.get("engine", "")),

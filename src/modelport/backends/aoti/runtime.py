@@ -42,6 +42,7 @@ class AotiSession(Session):
         super().__init__(artifact, device, threads)
         self.kind = device_kind(device)
         self._index = device_index(device)
+        self.asynchronous = self.kind == "cuda"  # CUDA kernels outlive the call: timing synchronizes
         self.sidecar: dict[str, Any] = {}
         self._model: Any = None
         self._run: Any = None

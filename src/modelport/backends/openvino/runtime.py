@@ -40,7 +40,6 @@ class OpenVinoSession(Session):
         self._request: Any = None
         self.config: dict[str, Any] = {}
         self.inference_precision: str | None = None
-        self.notes: list[str] = []
 
     def compile_config(self) -> dict[str, Any]:
         """The properties passed to ``compile_model`` (why each: see the module docstring)."""

@@ -98,6 +98,8 @@ class TensorRtSession(Session):
     """One deserialised engine, one execution context, one CUDA stream; buffers grow to the largest batch seen."""
 
     def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
+    asynchronous = True  # work is queued on a CUDA stream: the timing loop calls synchronize()
+
         super().__init__(artifact, device, threads)
         self._index = parse_device(device)
         self.sidecar: dict[str, Any] = {}
@@ -271,7 +273,7 @@ class TensorRtSession(Session):
         self.last_d2h_ms = ev[2].elapsed_time(ev[3])
         return [host.numpy().copy() for _, host in outs]  # the pinned buffers are reused by the next call
 
-    def sync(self) -> None:
+    def synchronize(self) -> None:
         """Wait for everything queued on this session's stream (``infer`` already does before returning)."""
         if self._stream is not None:
             self._stream.synchronize()

@@ -159,6 +159,7 @@ class TorchEagerSession(Session):
         module = self._build()
         self._was_training = bool(module.training)
         if self._torch_device == "cuda":
+        self.asynchronous = self._torch_device == "cuda"  # CUDA kernels outlive the call: timing synchronizes
             import copy
 
             module = copy.deepcopy(module).to("cuda")  # never move the caller's registered module
