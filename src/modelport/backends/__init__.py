@@ -3,8 +3,8 @@
 ``BACKENDS`` is a table, not a plugin system: each row names a backend's formats, its converter and runtime as
 ``"module:attr"`` strings (resolved on use, so ``modelport --help`` never imports a heavy runtime), the
 distributions whose versions results and bundles record, its colour in reports, which of its formats carry
-executable code (and so must never be loaded from an untrusted folder or bundle), and its sidecar check (the
-hook that says whether a built artifact matches this machine). Every other module asks this table instead of
+executable code (and so must never be loaded from an untrusted folder or bundle), and its machine check (the
+sidecar hook that says whether a built artifact matches this machine). Every other module asks this table instead of
 keeping its own list: environment capture, report colours, merge warnings, pack's version record, bundle verify,
 the isolated bench child.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modelport.core.registry import resolve
 from modelport.core.types import Format
@@ -39,8 +39,7 @@ class Backend:
     compared_versions: bool = False  # a version difference across merged results is warned about
     colour: str = "#7f7f7f"
     code_formats: tuple[Format, ...] = ()  # formats whose loading can run code from the file
-    sidecar_check: str | None = None  # "module:attr" (sidecar, present) -> problem | None
-    sidecar_reader: str | None = None  # "module:attr" (artifact path) -> sidecar dict
+    machine_check: str | None = None  # "module:attr" (artifact path, device) -> why it cannot run here | None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -84,8 +83,7 @@ BACKENDS: dict[str, Backend] = {
         distributions=("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt_cu13"),
         colour="#2ca02c",
         code_formats=(Format.TENSORRT_ENGINE,),  # engines may embed plugin code
-        sidecar_check="modelport.backends.tensorrt.runtime:check_sidecar",
-        sidecar_reader="modelport.backends.tensorrt.runtime:read_sidecar",
+        machine_check="modelport.backends.tensorrt.runtime:machine_problem",  # the sidecar model.engine.json
     ),
     "aoti": Backend(
         name="aoti",
@@ -96,8 +94,7 @@ BACKENDS: dict[str, Backend] = {
         distributions=("torch",),
         colour="#d62728",
         code_formats=(Format.AOTI_PACKAGE,),  # a compiled shared library
-        sidecar_check="modelport.backends.aoti.convert:check_sidecar",
-        sidecar_reader="modelport.backends.aoti.convert:read_sidecar",
+        machine_check="modelport.backends.aoti.convert:machine_problem",  # the sidecar model.pt2.json
     ),
 }
 
@@ -131,12 +128,15 @@ def get_converter(runtime: str) -> Converter:
 
 
 def package_versions() -> dict[str, tuple[str, ...]]:
-    """Every distribution whose version results record: keyed by the name reports show."""
-    out: dict[str, tuple[str, ...]] = {"torch": ("torch",)}
-    out.update(TOOL_DISTRIBUTIONS)
+    """Every distribution whose version results record, keyed by the name reports show (backends in table
+    order, the exporter and the quantizer beside them)."""
+    out: dict[str, tuple[str, ...]] = {"torch": ("torch",), "onnx": ("onnx",)}
     for b in BACKENDS.values():
-        if b.distributions and b.name not in ("torch", "aoti"):
+        if b.distributions and b.name not in out and b.distributions != ("torch",):
             out[b.name] = b.distributions
+            if b.name == "openvino":
+                out["nncf"] = ("nncf",)
+    out.update({k: v for k, v in TOOL_DISTRIBUTIONS.items() if k not in out})
     return out
 
 
@@ -156,11 +156,12 @@ def code_formats() -> frozenset[Format]:
     return frozenset(f for b in BACKENDS.values() for f in b.code_formats)
 
 
-def sidecar_hooks(fmt: Format) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
-    """``(read_sidecar, check_sidecar)`` for a format whose artifacts are tied to the machine that built them."""
+def machine_check(fmt: Format) -> Callable[..., str | None] | None:
+    """``(artifact path, device) -> why not | None`` for a format tied to the machine that built it (read from
+    its sidecar, never by loading the artifact); ``None`` for portable formats."""
     for b in BACKENDS.values():
-        if fmt in b.formats and b.sidecar_check and b.sidecar_reader:
-            return resolve(b.sidecar_reader), resolve(b.sidecar_check)
+        if fmt in b.formats and b.machine_check:
+            return resolve(b.machine_check)
     return None
 
 
@@ -189,5 +190,5 @@ __all__ = [
     "get_runtime",
     "package_versions",
     "runtime_spec",
-    "sidecar_hooks",
+    "machine_check",
 ]

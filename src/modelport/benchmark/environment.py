@@ -18,14 +18,11 @@ from typing import Any
 
 from modelport.core.cpu import RECORDED_FLAGS as CPU_FLAGS
 
-PACKAGES = {
-    "torch": ("torch",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-    "openvino": ("openvino",),
-    "nncf": ("nncf",),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt_cu13"),
-}
+def _packages() -> dict[str, tuple[str, ...]]:
+    """Distributions to record: the backend table's (``modelport.backends``), not a list of our own."""
+    from modelport.backends import package_versions
+
+    return package_versions()
 
 
 def _version(dists: tuple[str, ...]) -> str | None:
@@ -149,7 +146,7 @@ def collect_environment(threads: int | None = None) -> dict[str, Any]:
         "memory_total_mb": _safe(_memory_total_mb),
         "os": {"system": platform.system(), "release": platform.release(), "platform": platform.platform()},
         "python": sys.version.split()[0],
-        "packages": {name: _safe(_version, dists) for name, dists in PACKAGES.items()},
+        "packages": {name: _safe(_version, dists) for name, dists in _packages().items()},
         "onnxruntime_providers": _safe(_ort_providers),
         "openvino_devices": _safe(_openvino_devices),
         "gpus": _safe(_gpus),

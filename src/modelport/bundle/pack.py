@@ -31,7 +31,6 @@ from modelport.errors import InputError, ManifestError
 SAMPLES = "samples.npz"
 RUN_SCRIPT = "run.py"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
-VERSION_PACKAGES = ("modelport", "numpy", "onnx", "onnxruntime", "openvino", "torch", "nncf", "tensorrt")
 
 Progress = Callable[[str], None]
 
@@ -229,11 +228,15 @@ def _matching_row(art: Artifact, results: Any) -> Any:
 
 def _versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
-    for name in VERSION_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    from modelport.backends import package_versions
+
+    for name, dists in {"modelport": ("modelport",), "numpy": ("numpy",), **package_versions()}.items():
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 

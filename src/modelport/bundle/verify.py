@@ -90,15 +90,15 @@ def unlisted_files(manifest: BundleManifest) -> list[str]:
 
 
 def runtime_check(manifest: BundleManifest, device: str) -> tuple[bool, str]:
-    """Whether the profile's runtime and ``device`` exist here; for TensorRT also the sidecar rule."""
+    """Whether the profile's runtime and ``device`` exist here; for a format tied to the machine that built it
+    (TensorRT engines, AOTInductor packages) also its hashed sidecar against this machine."""
     from modelport.backends import get_runtime
 
     runtime = get_runtime(manifest.profile["runtime"])
     for art in manifest.artifacts:
-        if art.format is Format.TENSORRT_ENGINE:
-            why = _sidecar_problem(manifest, art)
-            if why:
-                return False, why
+        why = _sidecar_problem(manifest, art, device)
+        if why:
+            return False, why
     ok, why = runtime.device_available(device)
     if not ok:
         return False, why
@@ -106,23 +106,21 @@ def runtime_check(manifest: BundleManifest, device: str) -> tuple[bool, str]:
     return True, f"{runtime.name} {version} sees {device}"
 
 
-def _sidecar_problem(manifest: BundleManifest, art: Artifact) -> str | None:
-    """TensorRT engines only run on the GPU model and TensorRT version that built them: check before loading."""
-    from modelport.backends.tensorrt.convert import current_environment, sidecar_path, tensorrt_availability
-    from modelport.backends.tensorrt.runtime import check_sidecar, read_sidecar
+def _sidecar_problem(manifest: BundleManifest, art: Artifact, device: str) -> str | None:
+    """Artifacts tied to the machine that built them only run where their sidecar matches: checked before
+    loading, and the sidecar itself must be one of the bundle's hashed files."""
+    from modelport.backends import machine_check
+    from modelport.backends.sidecar import sidecar_path
 
+    check = machine_check(art.format)
+    if check is None:
+        return None
     side = sidecar_path(art.path)
     rel = side.relative_to(manifest.folder).as_posix()
     if manifest.file(rel) is None:
-        return f"the engine {art.path.name} has no hashed sidecar {rel} in the bundle, so nothing says which GPU built it"
-    try:
-        sidecar = read_sidecar(art.path)
-    except ModelportError as exc:
-        return exc.message
-    ok, why = tensorrt_availability()
-    if not ok:
-        return f"TensorRT is not usable here ({why}); the engine was built for {sidecar.get('gpu_name')} / TensorRT {sidecar.get('tensorrt_version')}"
-    return check_sidecar(sidecar, current_environment(0))
+        what = "engine" if art.format is Format.TENSORRT_ENGINE else "package"
+        return f"the {what} {art.path.name} has no hashed sidecar {rel} in the bundle, so nothing says which machine built it"
+    return check(art.path, device)
 
 
 def load_bundle_samples(manifest: BundleManifest) -> tuple[Any, np.ndarray, np.ndarray | None]:

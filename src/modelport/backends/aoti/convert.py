@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
-import json
 import platform
 import re
 import shutil
@@ -35,7 +34,7 @@ from modelport.core.files import atomic_path, atomic_write_json, sha256_file
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision
 from modelport.data.feeds import Feeds
-from modelport.errors import ConversionError, RuntimeUnavailableError
+from modelport.errors import ModelportError, ConversionError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +45,6 @@ SIDECAR_SCHEMA = "modelport.aoti-sidecar"
 SIDECAR_VERSION = 1
 DEFAULT_MAX_BATCH = 256
 SELF_CHECK_BATCH = 3  # odd and ≠ the export example's 2, so a batch specialised by mistake shows
-_MAX_SIDECAR_BYTES = 1 << 20
 
 
 # ----------------------------------------------------------------------------------------------- environment
@@ -204,28 +202,35 @@ def check_sidecar(sidecar: Any, present: dict[str, Any]) -> str | None:
 
 
 def sidecar_path(package: Path) -> Path:
-    return Path(package).with_name(Path(package).name + ".json")
+    from modelport.backends.sidecar import sidecar_path as _path
+
+    return _path(package)
 
 
 def read_sidecar(package: Path) -> dict[str, Any]:
     """The sidecar of ``package``; ``RuntimeUnavailableError`` when missing, oversized or not a JSON object."""
-    path = sidecar_path(package)
-    fix = "convert again with 'modelport convert' (it writes the sidecar beside the package)."
-    if not path.is_file():
-        raise RuntimeUnavailableError(
-            f"The AOTInductor package {package} has no sidecar {path.name}, so nothing says which PyTorch and "
-            "device built it; modelport does not load such packages (loading runs the native code inside).",
-            fix=fix,
-        )
-    if path.stat().st_size > _MAX_SIDECAR_BYTES:
-        raise RuntimeUnavailableError(f"The package sidecar {path} is larger than 1 MiB; refusing it.", fix=fix)
+    from modelport.backends.sidecar import read_sidecar_json
+
+    return read_sidecar_json(
+        package,
+        what="AOTInductor package",
+        missing_means="so nothing says which PyTorch and device built it; modelport does not load such packages "
+        "(loading runs the native code inside)",
+        fix="convert again with 'modelport convert' (it writes the sidecar beside the package).",
+    )
+
+
+def machine_problem(package: Path, device: str = "CPU") -> str | None:
+    """Why the package cannot run on ``device`` of this machine (its sidecar against this PyTorch, device and
+    CPU), or ``None``. Reads nothing but the sidecar: the package's library is never loaded."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RuntimeUnavailableError(f"The package sidecar {path} is not valid JSON: {exc}.", fix=fix) from exc
-    if not isinstance(data, dict):
-        raise RuntimeUnavailableError(f"The package sidecar {path} is not a JSON object.", fix=fix)
-    return data
+        sidecar = read_sidecar(package)
+    except ModelportError as exc:
+        return exc.message
+    ok, why = aoti_availability(device)
+    if not ok:
+        return why
+    return check_sidecar(sidecar, current_environment(device))
 
 
 # ------------------------------------------------------------------------------------------------- the model

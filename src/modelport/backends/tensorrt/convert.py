@@ -35,11 +35,23 @@ import numpy as np
 
 from modelport.backends.base import Converter
 from modelport.backends.tensorrt.preflight import PreflightReport, preflight
-from modelport.core.files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from modelport.core.files import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision, TensorSpec
 from modelport.data.feeds import Feeds
-from modelport.errors import ConversionError, InputError, ManifestError, ModelportError, RuntimeUnavailableError
+from modelport.errors import (
+    ConversionError,
+    InputError,
+    ManifestError,
+    ModelportError,
+    RuntimeUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +115,9 @@ def current_environment(device_index: int = 0) -> dict[str, str]:
 
 
 def sidecar_path(engine: Path) -> Path:
-    return Path(engine).with_name(Path(engine).name + ".json")
+    from modelport.backends.sidecar import sidecar_path as _path
+
+    return _path(engine)
 
 
 def calibration_cache_name(onnx_sha256: str, tensorrt_version: str) -> str:
