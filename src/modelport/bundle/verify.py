@@ -1,7 +1,10 @@
 """``modelport verify``: is this bundle intact, and does it run correctly on this device?
 
-Checks in order, stopping at the first that makes the rest meaningless: the archive unpacks safely, the manifest
-parses (known schema), every file's size and sha256 match (a mismatch names the file), the profile's runtime and
+Checks in order, stopping at the first that makes the rest meaningless: the archive unpacks safely, the signature
+(when the bundle is signed or ``--trusted-key`` is given) verifies with a key the user trusts, the manifest
+parses (known schema), every file's size and sha256 match (a mismatch names the file), the bundle declares only
+what its profile allows and every file that can run code when loaded is trusted here (``bundle.trust``), the
+profile's runtime and
 device exist here (for TensorRT: the engine's sidecar matches this GPU and TensorRT version before the engine is
 touched), and a smoke inference of every artifact on the bundled samples agrees with the bundled reference
 outputs under the same rules ``convert`` used (``modelport.agreement.judge``).
@@ -10,6 +13,7 @@ outputs under the same rules ``convert`` used (``modelport.agreement.judge``).
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,14 @@ from typing import Any
 import numpy as np
 
 from modelport.bundle.manifest import BUNDLE_MANIFEST, BundleManifest
+from modelport.bundle.signing import SIGNATURE_FILE, SignatureCheck
+from modelport.bundle.trust import TrustDecision
 from modelport.core.files import sha256_file
 from modelport.core.types import Artifact, Format
 from modelport.errors import ModelportError
+
+# written into a bundle folder after packing: bench results, and the marker that lets --overwrite replace it
+_RESULT_FILES = ("results.json", "results.csv", "results.md", "report.html", ".modelport-out")
 
 
 @dataclass
@@ -40,6 +49,8 @@ class VerifyReport:
     profile: str | None = None
     device: str | None = None
     checks: list[Check] = field(default_factory=list)
+    refused: ModelportError | None = None  # a trust refusal (signature, untrusted code): the CLI exits 2 with it
+    trust: dict[str, Any] | None = None  # what the trust decision granted and why (bundle.trust.TrustDecision)
 
     @property
     def ok(self) -> bool:
@@ -57,7 +68,11 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "profile": self.profile, "device": self.device, "ok": self.ok,
-                "checks": [c.to_dict() for c in self.checks]}
+                "checks": [c.to_dict() for c in self.checks], "trust": self.trust}
+
+    def refuse(self, name: str, exc: ModelportError) -> None:
+        self.add(name, False, str(exc))
+        self.refused = exc
 
 
 def file_problems(manifest: BundleManifest) -> list[str]:
@@ -81,12 +96,27 @@ def file_problems(manifest: BundleManifest) -> list[str]:
 
 
 def unlisted_files(manifest: BundleManifest) -> list[str]:
-    listed = {e.path for e in manifest.files} | {BUNDLE_MANIFEST, "results.json", "results.csv", "results.md"}
+    listed = {e.path for e in manifest.files} | {BUNDLE_MANIFEST, SIGNATURE_FILE, *_RESULT_FILES}
     return sorted(
         p.relative_to(manifest.folder).as_posix()
         for p in manifest.folder.rglob("*")
-        if not p.is_dir() and p.relative_to(manifest.folder).as_posix() not in listed
+        if (p.is_symlink() or not p.is_dir()) and p.relative_to(manifest.folder).as_posix() not in listed
     )
+
+
+def refuse_unlisted(manifest: BundleManifest) -> None:
+    """A bundle carries only the files its manifest hashes (plus what ``bench`` and ``pack`` write beside them): an
+    unlisted ``numpy.py`` beside ``run.py`` would run as code, so any other file refuses the whole bundle."""
+    extra = unlisted_files(manifest)
+    if extra:
+        from modelport.errors import ManifestError
+
+        shown = ", ".join(extra[:8]) + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+        raise ManifestError(
+            f"The bundle holds {len(extra)} file(s) its manifest does not list: {shown}. Unlisted files are not "
+            "hash-checked and one could be run as code (a numpy.py beside run.py), so the bundle is refused.",
+            fix="remove the extra files, or pack the bundle again with 'modelport pack' and copy it whole.",
+        )
 
 
 def runtime_check(manifest: BundleManifest, device: str) -> tuple[bool, str]:
@@ -125,7 +155,7 @@ def _sidecar_problem(manifest: BundleManifest, art: Artifact, device: str) -> st
 
 def load_bundle_samples(manifest: BundleManifest) -> tuple[Any, np.ndarray, np.ndarray | None]:
     """(Feeds of the bundled inputs, reference outputs, labels) from ``samples.npz``; no pickles."""
-    from modelport.pipeline import load_samples
+    from modelport.data.samples import load_samples
 
     path = manifest.folder / str(manifest.samples.get("path") or "samples.npz")
     feeds, reference = load_samples(path, batch_size=64)
@@ -141,8 +171,8 @@ def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, refe
           labels: np.ndarray | None, threads: int | None = None) -> tuple[bool, str]:
     """Run the bundled samples through ``art`` and judge the outputs like ``convert`` did."""
     from modelport.agreement import judge
-    from modelport.evaluation import evaluate
     from modelport.backends import get_runtime
+    from modelport.evaluation import evaluate
 
     runtime = get_runtime(manifest.profile["runtime"])
     feeds = feeds.renamed([s.name for s in art.inputs])
@@ -165,12 +195,20 @@ def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, refe
 
 
 def verify(
-    bundle: str | Path, *, device: str | None = None, threads: int | None = None, isolate: bool = True
+    bundle: str | Path,
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    isolate: bool = True,
+    trust: bool = False,
+    trusted_keys: Sequence[Path] = (),
 ) -> VerifyReport:
     """Check ``bundle`` (folder or ``.tar.gz``) on this machine; never raises for a bad bundle (see the report).
 
     ``isolate``: load each artifact in a child process first (``probe``), so a model that crashes its runtime's
-    loader fails its check instead of killing this process.
+    loader fails its check instead of killing this process. ``trust``: load code-bearing files nothing else vouches
+    for (``--trust``, with a warning). ``trusted_keys``: public keys, one of which must have signed the bundle.
+    A trust refusal is a failed check and ``report.refused``.
     """
     from modelport.bundle import opened_bundle
 
@@ -179,15 +217,48 @@ def verify(
         with opened_bundle(bundle) as folder:
             if not Path(bundle).is_dir():
                 report.add("archive", True, "unpacked safely (no links, devices, absolute or '..' paths)")
-            _verify_folder(folder, report, device, threads, isolate)
+            _verify_folder(folder, report, device, threads, isolate, trust=trust, trusted_keys=trusted_keys)
     except ModelportError as exc:
         report.add("archive" if not Path(bundle).is_dir() else "bundle", False, str(exc))
     return report
 
 
+def _signature(folder: Path, report: VerifyReport, trusted_keys: Sequence[Path]) -> SignatureCheck | None:
+    """The signature check, before the manifest is parsed; a row when the bundle is signed or a key was given."""
+    from modelport.bundle.signing import SignatureError, check_signature
+
+    try:
+        sig = check_signature(folder, explicit_keys=trusted_keys)
+    except SignatureError as exc:
+        report.refuse("signature", exc)
+        return None
+    if sig.status != "unsigned":
+        report.add("signature", True if sig.trusted else None, sig.describe())
+    return sig
+
+
+def _trusted(manifest: BundleManifest, sig: SignatureCheck, report: VerifyReport, trust: bool) -> TrustDecision | None:
+    from modelport.bundle.trust import decide
+    from modelport.core.trust import UntrustedError
+
+    try:
+        decision = decide(manifest, sig, trust=trust, origin=report.bundle)
+    except UntrustedError as exc:
+        report.refuse("trust", exc)
+        return None
+    report.trust = decision.to_dict()
+    if decision.relevant:
+        report.add("trust", True, decision.summary())
+    return decision
+
+
 def _verify_folder(
-    folder: Path, report: VerifyReport, device: str | None, threads: int | None, isolate: bool
+    folder: Path, report: VerifyReport, device: str | None, threads: int | None, isolate: bool, *,
+    trust: bool = False, trusted_keys: Sequence[Path] = (),
 ) -> None:
+    sig = _signature(folder, report, trusted_keys)
+    if sig is None:
+        return
     try:
         manifest = BundleManifest.read(folder)
     except ModelportError as exc:
@@ -200,8 +271,27 @@ def _verify_folder(
         report.add("hashes", False, "; ".join(problems))
         return
     extra = unlisted_files(manifest)
-    note = f"; not in the manifest (ignored): {', '.join(extra[:5])}" if extra else ""
+    if extra:
+        try:
+            refuse_unlisted(manifest)
+        except ModelportError as exc:
+            report.add("hashes", False, str(exc))
+            return
+    note = ""
     report.add("hashes", True, f"{len(manifest.files)} files match their sha256 and size{note}")
+    decision = _trusted(manifest, sig, report, trust)
+    if decision is None:
+        return
+    from modelport.core.trust import granted
+
+    with granted(decision.grants):
+        _run_checks(manifest, report, device, threads, isolate)
+
+
+def _run_checks(
+    manifest: BundleManifest, report: VerifyReport, device: str | None, threads: int | None, isolate: bool
+) -> None:
+    """Runtime and device, samples, and a smoke inference of every artifact (under the trust decision's grants)."""
     device = device or manifest.profile["device"]
     report.device = device
     ok, why = runtime_check(manifest, device)

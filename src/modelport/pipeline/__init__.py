@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from modelport.pipeline.bench import bench
 from modelport.pipeline.convert import ConversionResult, _now, convert
-from modelport.pipeline.data_plan import SAMPLES_NAME, load_samples
+from modelport.data.samples import SAMPLES_NAME, load_samples
 
 __all__ = ["SAMPLES_NAME", "ConversionResult", "bench", "convert", "load_samples", "_now"]

@@ -23,7 +23,8 @@ from modelport.core.types import (
 from modelport.data.feeds import Feeds
 from modelport.errors import ModelportError
 from modelport.pipeline.convert import ConversionResult, _now, _quiet
-from modelport.pipeline.data_plan import SAMPLES_NAME, _as_feeds, load_samples
+from modelport.data.samples import SAMPLES_NAME, load_samples
+from modelport.pipeline.data_plan import _as_feeds
 from modelport.pipeline.references import _accuracy
 from modelport.pipeline.sources import _opt_path
 
@@ -52,8 +53,12 @@ def bench(
     itself) and returns the results. Rows that cannot run here say why; nothing is silently dropped.
     """
     from modelport.benchmark.runner import BenchConfig
+    from modelport.core.files import check_writable_dir
+    from modelport.core.outdir import clean_stale_temp_dirs
 
     say = progress or _quiet
+    clean_stale_temp_dirs()  # what killed runs left in $TMPDIR (their owner processes are gone)
+    check_writable_dir(_results_dir(source, out))  # a read-only --out fails now, not after every measurement
     if not isinstance(source, ConversionResult):
         from modelport.bundle import is_bundle
 
@@ -67,6 +72,7 @@ def bench(
     config = config or BenchConfig()
     # "all" here means every artifact in the folder, including profiles left out of convert's "all" (cpu-aoti)
     selected = None if profiles in (None, "all", ["all"]) else {p.name for p in parse_profile_list(profiles)}
+    _refuse_changed(manifest, lambda a: _wanted(a, selected, include_reference) or bool(a.details.get("reference")))
 
     input_names = list(manifest.model.get("input_names") or [t.name for t in manifest.artifacts[0].inputs])
     feeds = _bench_feeds(manifest, folder, config, eval_data, input_names, _opt_path(dataset_root))
@@ -200,6 +206,37 @@ def write_results(results: "BenchResults", out_dir: Path) -> None:
     write_csv(results, out_dir / "results.csv")
     write_markdown(results, out_dir / "results.md")
     write_html(results, out_dir / "report.html")
+
+
+def _results_dir(source: Any, out: str | Path | None) -> Path:
+    """Where ``bench`` will write its results (checked writable before any work)."""
+    if out is not None:
+        return Path(out)
+    if isinstance(source, ConversionResult):
+        return source.out_dir
+    path = Path(source)
+    from modelport.bundle import is_bundle
+
+    if is_bundle(path):
+        from modelport.pipeline.bench_bundle import default_out
+
+        return default_out(path.absolute())
+    return path if path.is_dir() or not path.exists() else path.parent
+
+
+def _refuse_changed(manifest: Manifest, wanted: Callable[[Artifact], bool]) -> None:
+    """Before anything is measured: every usable artifact's files must still have the sha256 the manifest recorded
+    (a swapped file would be measured and reported under the validated artifact's name)."""
+    from modelport.core.files import artifact_changed
+    from modelport.errors import ManifestError
+
+    problems = [why for art in manifest.artifacts if art.ok and wanted(art) and (why := artifact_changed(art))]
+    if problems:
+        raise ManifestError(
+            f"Refusing to benchmark: {'; '.join(problems)}. These files changed since 'modelport convert' validated "
+            "them, so their figures would be reported under names they no longer deserve.",
+            fix="convert again (or restore the original files) and run bench again.",
+        )
 
 
 def _wanted(art: Artifact, selected: set[str] | None, include_reference: bool) -> bool:

@@ -21,7 +21,9 @@ from modelport.core.types import (
     Status,
 )
 from modelport.errors import InputError
-from modelport.pipeline.data_plan import SAMPLES_NAME, _plan_data, _write_samples
+from modelport.data.samples import SAMPLES_NAME
+from modelport.data.samples import write_samples as _write_samples
+from modelport.pipeline.data_plan import _plan_data
 from modelport.pipeline.lower import _lower, _precisions_for
 from modelport.pipeline.references import (
     _accuracy,
@@ -161,7 +163,7 @@ def convert(
                 seed=seed,
             )
             onnx_art = _copy_onnx_source(onnx_src, stage, plan.preprocessing)
-            reference = _onnx_reference(onnx_art, plan.validation)
+            reference = _finite_reference(_onnx_reference(onnx_art, plan.validation), "ONNX model")
             artifacts.append(onnx_art.replace(status=Status.VALIDATED, details={**onnx_art.details, "reference": True}))
         else:
             examples = _example_inputs(source, example_inputs, input_shape)
@@ -191,7 +193,7 @@ def convert(
                 validate_onnx,
             )
 
-            reference = reference_outputs(source.model, plan.validation)
+            reference = _finite_reference(reference_outputs(source.model, plan.validation), "PyTorch model")
             say("exporting to ONNX and validating against PyTorch")
             onnx_art = export_onnx(
                 source.model,
@@ -253,6 +255,22 @@ def convert(
         manifest.write(stage)
     manifest.artifacts = [a.replace(path=out_path.absolute() / a.path.relative_to(stage)) for a in manifest.artifacts]
     return ConversionResult(out_dir=out_path.absolute(), manifest=manifest, skipped=skipped)
+
+
+def _finite_reference(reference: list[Any], what: str) -> list[Any]:
+    """The reference every artifact is judged against must be numbers: NaN/Inf outputs (NaN weights, an overflow)
+    would make every comparison meaningless, so nothing is converted from such a model."""
+    import numpy as np
+
+    bad = sum(int(np.size(r) - np.isfinite(r).sum()) for r in reference if np.issubdtype(np.asarray(r).dtype, np.floating))
+    if bad:
+        total = sum(int(np.size(r)) for r in reference)
+        raise InputError(
+            f"The {what}'s outputs on the validation data contain NaN or Inf ({bad:,} of {total:,} values), so "
+            "there is no reference to validate any artifact against; nothing was converted.",
+            fix="check the checkpoint for NaN/Inf weights (a diverged training run) and convert a healthy one.",
+        )
+    return reference
 
 
 def _now() -> str:

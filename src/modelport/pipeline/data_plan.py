@@ -1,4 +1,4 @@
-"""Which data calibrates and which validates a conversion, and the samples.npz every later step reads."""
+"""Which data calibrates and which validates a conversion (``samples.npz`` itself: ``data/samples.py``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     pass
 
 
-SAMPLES_NAME = "samples.npz"
 VALIDATION_SAMPLES = 256
 VALIDATION_BATCH = 32
 
@@ -95,38 +94,3 @@ def _plan_data(
     calibration = _as_feeds(calibration_data, input_names, 1) if calibration_data is not None else validation
     return DataPlan(calibration, validation, None, {"name": None, "custom": True}, [])
 
-
-def _write_samples(path: Path, feeds: Feeds, reference: list[np.ndarray]) -> None:
-    """Validation inputs, labels and reference outputs: what ``bench`` falls back on and a device can verify with."""
-    import io
-
-    from modelport.core.files import atomic_write_bytes
-
-    arrays: dict[str, np.ndarray] = {}
-    for name in feeds.batches[0]:
-        arrays[f"input:{name}"] = np.concatenate([b[name] for b in feeds.batches])
-    if feeds.labels is not None:
-        arrays["labels"] = np.concatenate([np.asarray(x).reshape(-1) for x in feeds.labels])
-    arrays["reference"] = np.concatenate(reference)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_samples(path: Path, *, batch_size: int) -> tuple[Feeds, np.ndarray | None]:
-    """Read ``samples.npz`` (no pickles) back into feeds and reference outputs."""
-    from modelport.errors import ManifestError
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"Cannot read {path}: {exc}.", fix="convert again to regenerate it.") from exc
-    inputs = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("input:")}
-    if not inputs:
-        raise ManifestError(f"{path} holds no inputs.", fix="convert again to regenerate it.")
-    n = len(next(iter(inputs.values())))
-    labels = arrays.get("labels")
-    batches = tuple({k: v[i : i + batch_size] for k, v in inputs.items()} for i in range(0, n, batch_size))
-    labs = None if labels is None else tuple(labels[i : i + batch_size] for i in range(0, n, batch_size))
-    return Feeds(batches=batches, labels=labs), arrays.get("reference")
