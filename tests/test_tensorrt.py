@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelport.backends.sidecar import sidecar_path
 from modelport.backends.tensorrt import convert as trtconv
-from modelport.backends.tensorrt.convert import (
+from modelport.backends.tensorrt.convert import TensorRtConverter
+from modelport.backends.tensorrt.facts import (
     BUNDLE_NAME,
     CALIBRATION_NAME,
     ENGINE_NAME,
@@ -29,14 +31,11 @@ from modelport.backends.tensorrt.convert import (
     PREFLIGHT_NAME,
     SCRIPT_NAME,
     SIDECAR_NAME,
-    Bundle,
-    BuildSettings,
-    TensorRtConverter,
     calibration_cache_name,
-    load_calibration,
-    write_trt_bundle,
 )
+from modelport.backends.tensorrt.plan import BuildSettings, Bundle, load_calibration, write_trt_bundle
 from modelport.backends.tensorrt.preflight import load_op_table, preflight
+from modelport.backends.tensorrt.runtime import TensorRtRuntime, check_sidecar, parse_device
 from modelport.core.files import sha256_file
 from modelport.core.profiles import get_profile
 from modelport.core.types import Artifact, Format, Precision, TensorSpec
@@ -47,7 +46,6 @@ from modelport.errors import (
     InputError,
     RuntimeUnavailableError,
 )
-from modelport.backends.tensorrt.runtime import TensorRtRuntime, check_sidecar, parse_device
 
 T4_PRESENT = {"tensorrt_version": "10.3.0", "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 INPUT_SHAPE = (1, 28, 28)
@@ -573,7 +571,7 @@ def test_fp16_and_int8_engines_agree_with_onnxruntime(engines: dict, conv_onnx: 
     assert fp16.finite and fp16.cosine >= 0.999
     int8 = compare([ref], [_trt_outputs(engines[Precision.INT8], x)[0]])
     assert int8.finite and not int8.constant and int8.cosine >= 0.98
-    side = json.loads(trtconv.sidecar_path(engines[Precision.INT8].path).read_text())
+    side = json.loads(sidecar_path(engines[Precision.INT8].path).read_text())
     assert side["build_flags"] == ["int8", "fp16"]
     assert side["calibration"]["algorithm"] == "entropy" and side["calibration"]["batches"] == 8
     assert (engines[Precision.INT8].path.parent / side["calibration"]["cache"]).is_file()
@@ -614,3 +612,20 @@ def test_batch_outside_the_profile_is_refused(engines: dict) -> None:
     with TensorRtRuntime().load(engines[Precision.FP32], "cuda") as sess:
         with pytest.raises(InferenceInputError, match="refused shape"):
             sess.infer({"input": x})
+
+
+def test_calibration_batches_feed_polygraphy_fixed_size_numpy_batches() -> None:
+    """What Polygraphy's calibrator receives: full batches of one shape under the input names; the remainder is
+    dropped; unequal sample counts or too few samples are input errors (checked here, without TensorRT)."""
+    from modelport.backends.tensorrt.build import CalibrationBatches
+
+    arrays = {"input": np.arange(10 * 3, dtype=np.float32).reshape(10, 3)}
+    batches = CalibrationBatches(arrays, 4)
+    got = list(batches)
+    assert len(got) == len(batches) == 2 and batches.shape("input") == (4, 3)
+    assert all(set(b) == {"input"} and b["input"].shape == (4, 3) and b["input"].flags.c_contiguous for b in got)
+    np.testing.assert_array_equal(got[1]["input"], arrays["input"][4:8])
+    with pytest.raises(InputError, match="different sample counts"):
+        CalibrationBatches({"a": np.zeros((4, 1)), "b": np.zeros((5, 1))}, 2)
+    with pytest.raises(InputError, match="at least 16"):
+        CalibrationBatches(arrays, 8 + 8)

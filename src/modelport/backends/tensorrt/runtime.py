@@ -12,7 +12,7 @@ compute.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -20,22 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from modelport.backends.tensorrt.convert import (
-    SCRIPT_NAME,
-    make_trt_logger,
-    torch_dtype,
-    current_environment,
-    sidecar_path,
-    tensorrt_availability,
-)
-from modelport.core.files import sha256_file
-from modelport.core.types import Artifact, Format
-from modelport.errors import InferenceInputError, InputError, RuntimeUnavailableError, ValidationError
 from modelport.backends.base import Feed, Runtime, Session
+from modelport.backends.sidecar import check_describes
+from modelport.backends.tensorrt.build import make_trt_logger, torch_dtype
+from modelport.backends.tensorrt.facts import SCRIPT_NAME, current_environment, tensorrt_availability
+from modelport.core.trust import require_trusted
+from modelport.core.types import Artifact, Format
+from modelport.errors import (
+    InferenceInputError,
+    InputError,
+    ModelportError,
+    RuntimeUnavailableError,
+    ValidationError,
+)
 
 SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
 _REBUILD = f"rebuild from model.onnx with {SCRIPT_NAME} on this machine"
-_MAX_SIDECAR_BYTES = 1 << 20
 
 
 def check_sidecar(sidecar: Any, present: dict[str, str]) -> str | None:
@@ -62,26 +62,30 @@ def check_sidecar(sidecar: Any, present: dict[str, str]) -> str | None:
 
 def read_sidecar(engine: Path) -> dict[str, Any]:
     """The sidecar of ``engine``; ``RuntimeUnavailableError`` when it is missing or unreadable."""
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise RuntimeUnavailableError(
-            f"The engine {engine} has no sidecar {path.name}, so nothing says which GPU and TensorRT version built "
-            "it; modelport does not load such engines.",
-            fix=_REBUILD + " (it writes the sidecar).",
-        )
-    if path.stat().st_size > _MAX_SIDECAR_BYTES:
-        raise RuntimeUnavailableError(
-            f"The engine sidecar {path} is larger than 1 MiB; refusing it.", fix=_REBUILD + "."
-        )
+    from modelport.backends.sidecar import read_sidecar_json
+
+    return read_sidecar_json(
+        engine,
+        what="engine",
+        missing_means="so nothing says which GPU and TensorRT version built it; modelport does not load such engines",
+        fix=_REBUILD + " (it writes the sidecar)",
+    )
+
+
+def machine_problem(engine: Path, device: str = "cuda") -> str | None:
+    """Why the engine at ``engine`` cannot run on ``device`` of this machine (its sidecar against this GPU and
+    TensorRT), or ``None``. Reads nothing but the sidecar: the engine is never touched."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RuntimeUnavailableError(
-            f"The engine sidecar {path} is not valid JSON: {exc}.", fix=_REBUILD + "."
-        ) from exc
-    if not isinstance(data, dict):
-        raise RuntimeUnavailableError(f"The engine sidecar {path} is not a JSON object.", fix=_REBUILD + ".")
-    return data
+        sidecar = read_sidecar(engine)
+    except ModelportError as exc:
+        return exc.message
+    ok, why = tensorrt_availability()
+    if not ok:
+        return (
+            f"TensorRT is not usable here ({why}); the engine was built for {sidecar.get('gpu_name')} / "
+            f"TensorRT {sidecar.get('tensorrt_version')}"
+        )
+    return check_sidecar(sidecar, current_environment(parse_device(device)))
 
 
 def parse_device(device: str) -> int:
@@ -97,9 +101,9 @@ def parse_device(device: str) -> int:
 class TensorRtSession(Session):
     """One deserialised engine, one execution context, one CUDA stream; buffers grow to the largest batch seen."""
 
-    def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
     asynchronous = True  # work is queued on a CUDA stream: the timing loop calls synchronize()
 
+    def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
         super().__init__(artifact, device, threads)
         self._index = parse_device(device)
         self.sidecar: dict[str, Any] = {}
@@ -140,21 +144,17 @@ class TensorRtSession(Session):
         reason = check_sidecar(sidecar, current_environment(self._index))
         if reason is not None:
             raise RuntimeUnavailableError(f"Refusing {path}: {reason}.", fix=_REBUILD + ".")
-        want_sha = sidecar.get("engine_sha256")
-        if want_sha and sha256_file(path) != want_sha:
-            raise ValidationError(
-                f"{path} is not the engine its sidecar describes (sha256 differs).", fix=_REBUILD + "."
-            )
-        if sidecar.get("precision") and sidecar["precision"] != str(self.artifact.precision):
-            raise ValidationError(
-                f"{path} is recorded as {self.artifact.precision} but its sidecar says {sidecar['precision']}.",
-                fix="regenerate the folder with 'modelport convert'.",
-            )
+        blob = path.read_bytes()  # hashed, trust-checked and deserialised: the same bytes
+        check_describes(
+            path, sidecar, what="engine", sha_key="engine_sha256", actual_sha256=hashlib.sha256(blob).hexdigest(),
+            recorded_sha256=None, precision=str(self.artifact.precision), fix=_REBUILD + ".",
+        )
+        require_trusted(path, Format.TENSORRT_ENGINE, data=blob)  # an engine may carry plugin code
         self.sidecar = sidecar
         with torch.cuda.device(self._index):
             self._logger = make_trt_logger(trt)
             self._runtime = trt.Runtime(self._logger)
-            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
             if self._engine is None:
                 raise RuntimeUnavailableError(
                     f"TensorRT could not deserialise {path}: {'; '.join(self._logger.errors[-3:]) or 'no detail'}.",
