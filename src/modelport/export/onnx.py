@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.agreement import compare, judge
+from modelport.agreement import agreement_record, compare_outputs, judge_outputs
 from modelport.core.files import atomic_path, sha256_file, sha256_files, total_size
 from modelport.core.types import Artifact, Format, Precision, Preprocessing, Status, TensorSpec
 from modelport.data.feeds import Feed, Feeds
@@ -52,6 +52,7 @@ def export_onnx(
     *,
     output_names: list[str] | None = None,
     dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
     preprocessing: Preprocessing | None = None,
     recipe: tuple[dict, ...] = (),
@@ -59,8 +60,13 @@ def export_onnx(
 ) -> Artifact:
     """Export ``model`` to one self-contained ONNX file; dynamo exporter first, TorchScript exporter as fallback.
 
-    ``example_inputs`` keys become the ONNX input names. Returns an ``EXPORTED`` artifact; validate it with
-    ``validate_onnx``. Raises ``ConversionError`` when both exporters fail or the file does not pass the checker.
+    ``example_inputs`` keys become the ONNX input names. Nested outputs (tuples, lists, dicts, dataclasses such as
+    Hugging Face's ``ModelOutput``) become flat ONNX outputs named after their keys (``output_names``); outputs that
+    are not tensors are refused before export, with the fix. ``dynamic_axes`` ({input: {axis: name}}) makes axes
+    beyond the batch dynamic (an axis name shared by several inputs is one dimension); ``validate_onnx`` then
+    checks them at a second size. The model is exported in eval mode and left in the mode it came in.
+    Returns an ``EXPORTED`` artifact; validate it with ``validate_onnx``. Raises ``ConversionError`` when both
+    exporters fail or the file does not pass the checker.
     """
     import torch
 
@@ -73,29 +79,13 @@ def export_onnx(
                 fix="pass a dict of input name to torch.Tensor.",
             )
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    inputs = _widen_batch(example_inputs) if dynamic_batch else dict(example_inputs)
-    names = _output_names(model, inputs, output_names)
-
-    errors: dict[str, str] = {}
-    exporter = ""
-    for exporter in EXPORTERS:
-        try:
-            _EXPORT_FUNCS[exporter](model, inputs, out_path, names, dynamic_batch, opset)
-            break
-        except ConversionError:
-            raise
-        except Exception as exc:  # any exporter failure: try the next one, keep the reason
-            errors[exporter] = _first_line(exc)
-    else:
-        reasons = "; ".join(f"{k}: {v}" for k, v in errors.items())
-        raise ConversionError(
-            f"ONNX export failed with every exporter ({reasons}).",
-            fix="make the model traceable (no data-dependent Python control flow) or export it yourself and pass "
-            "the .onnx file.",
-        )
-
+    axes = _check_dynamic_axes(dynamic_axes, example_inputs)
+    with eval_mode(model):
+        inputs = _widen_batch(example_inputs) if dynamic_batch else dict(example_inputs)
+        names, nested = _output_names(model, inputs, output_names)
+        target = flat_module(model) if nested else model
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        errors, exporter = _run_exporters(target, inputs, out_path, names, dynamic_batch, axes, opset)
     try:
         proto = check_onnx(out_path)
         inputs_spec, outputs_spec = read_specs(proto)
@@ -111,6 +101,10 @@ def export_onnx(
         out_path.unlink(missing_ok=True)  # leave no file that failed its checks
         raise
     details: dict[str, Any] = {"exporter": exporter, "opset": _opset(proto), "dynamic_batch": dynamic_batch}
+    if axes:
+        details["dynamic_axes"] = {k: {str(a): n for a, n in v.items()} for k, v in axes.items()}
+    if nested:
+        details["outputs_flattened"] = True
     if errors:
         details["fallback_reason"] = next(iter(errors.values()))
     return Artifact(
@@ -129,6 +123,31 @@ def export_onnx(
     )
 
 
+def _run_exporters(
+    model: "nn.Module", inputs: dict[str, "torch.Tensor"], out_path: Path, names: list[str], dynamic_batch: bool,
+    axes: dict[str, dict[int, str]], opset: int | None,
+) -> tuple[dict[str, str], str]:
+    """Try each exporter in turn; (the earlier exporters' errors, the one that worked)."""
+    errors: dict[str, str] = {}
+    exporter = ""
+    for exporter in EXPORTERS:
+        try:
+            _EXPORT_FUNCS[exporter](model, inputs, out_path, names, dynamic_batch, opset, axes)
+            break
+        except ConversionError:
+            raise
+        except Exception as exc:  # any exporter failure: try the next one, keep the reason
+            errors[exporter] = _first_line(exc)
+    else:
+        reasons = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        raise ConversionError(
+            f"ONNX export failed with every exporter ({reasons}).",
+            fix="make the model traceable (no data-dependent Python control flow) or export it yourself and pass "
+            "the .onnx file.",
+        )
+    return errors, exporter
+
+
 def _file_facts(path: Path, data_files: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """sha256, total size and file names of an ONNX model and its external-data files (one hash over all)."""
     files = [path, *(path.parent / f for f in data_files)]
@@ -141,7 +160,7 @@ def _file_facts(path: Path, data_files: list[str] | tuple[str, ...]) -> dict[str
 
 def _export_dynamo(
     model: "nn.Module", inputs: dict[str, "torch.Tensor"], out_path: Path, output_names: list[str],
-    dynamic_batch: bool, opset: int | None,
+    dynamic_batch: bool, opset: int | None, axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> None:
     import io
     import warnings
@@ -150,25 +169,20 @@ def _export_dynamo(
 
     params = _forward_params(model)
     by_keyword = set(inputs) <= set(params)
-    dynamic_shapes: Any = None
+    shapes = _dynamo_shapes(inputs, dynamic_batch, axes or {})
     chatter = io.StringIO()  # a failing dynamo export prints whole graphs; the fallback keeps the first line
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter), \
             contextlib.redirect_stderr(chatter):
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
         if by_keyword:  # the dynamo exporter keeps keyword argument names as ONNX input names
-            if dynamic_batch:
-                batch = torch.export.Dim(BATCH)
-                dynamic_shapes = {k: {0: batch} for k in inputs}
             program = torch.onnx.export(
-                model, (), kwargs=inputs, dynamo=True, dynamic_shapes=dynamic_shapes, output_names=output_names,
+                model, (), kwargs=inputs, dynamic_shapes=shapes, output_names=output_names,
                 opset_version=opset, verbose=False,
             )
         else:  # positional call, inputs renamed to the example keys
-            if dynamic_batch:
-                batch = torch.export.Dim(BATCH)
-                dynamic_shapes = tuple({0: batch} for _ in inputs)
             program = torch.onnx.export(
-                model, tuple(inputs.values()), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=list(inputs),
+                model, tuple(inputs.values()), dynamo=True,
+                dynamic_shapes=None if shapes is None else tuple(shapes.values()), input_names=list(inputs),
                 output_names=output_names, opset_version=opset, verbose=False,
             )
     if program is None:
@@ -180,9 +194,27 @@ def _export_dynamo(
         _save_with_external_data(lambda p: program.save(p, external_data=True), out_path)
 
 
+def _dynamo_shapes(
+    inputs: Mapping[str, Any], dynamic_batch: bool, axes: Mapping[str, Mapping[int, str]]
+) -> dict[str, dict[int, Any]] | None:
+    """torch.export dimensions per input: the batch, and one ``Dim`` per requested axis name (shared by name)."""
+    import torch
+
+    if not dynamic_batch and not axes:
+        return None
+    dims = {n: torch.export.Dim(n) for n in sorted({n for a in axes.values() for n in a.values()})}
+    batch = torch.export.Dim(BATCH) if dynamic_batch else None
+    out: dict[str, dict[int, Any]] = {}
+    for k in inputs:
+        spec: dict[int, Any] = {0: batch} if batch is not None else {}
+        spec.update({a: dims[n] for a, n in (axes.get(k) or {}).items()})
+        out[k] = spec
+    return out
+
+
 def _export_torchscript(
     model: "nn.Module", inputs: dict[str, "torch.Tensor"], out_path: Path, output_names: list[str],
-    dynamic_batch: bool, opset: int | None,
+    dynamic_batch: bool, opset: int | None, axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> None:
     import warnings
 
@@ -191,14 +223,19 @@ def _export_torchscript(
     # The TorchScript exporter names graph inputs positionally in forward()'s order, whatever the kwargs order:
     # pass positional arguments in that order so names and tensors line up.
     ordered = _signature_order(model, inputs)
-    axes = {n: {0: BATCH} for n in [*ordered, *output_names]} if dynamic_batch else None
+    dyn: dict[str, dict[int, str]] = {}
+    for n in [*ordered, *output_names]:
+        spec = {0: BATCH} if dynamic_batch else {}
+        spec.update(dict((axes or {}).get(n) or {}))
+        if spec:
+            dyn[n] = spec
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".onnx-export-") as tmpdir:
         tmp = Path(tmpdir) / out_path.name
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 model, tuple(inputs[n] for n in ordered), str(tmp), dynamo=False, input_names=ordered,
-                output_names=output_names, dynamic_axes=axes, opset_version=opset,
+                output_names=output_names, dynamic_axes=dyn or None, opset_version=opset,
             )
         _make_self_contained(tmp, out_path)
 
@@ -263,7 +300,11 @@ def call_model(model: "nn.Module", feed: Mapping[str, "torch.Tensor"]) -> Any:
     return model(*feed.values())
 
 
-def _output_names(model: "nn.Module", inputs: dict[str, "torch.Tensor"], given: list[str] | None) -> list[str]:
+def _output_names(
+    model: "nn.Module", inputs: dict[str, "torch.Tensor"], given: list[str] | None
+) -> tuple[list[str], bool]:
+    """Names of the flattened outputs (dict keys kept), and whether the outputs are nested (then exported through
+    ``flat_module``). Refuses outputs that cannot become ONNX outputs before any export is tried."""
     import torch
 
     with torch.no_grad():
@@ -275,23 +316,163 @@ def _output_names(model: "nn.Module", inputs: dict[str, "torch.Tensor"], given: 
                 f"{_first_line(exc)}",
                 fix="give example inputs of the shape and dtype the model expects, named after forward()'s parameters.",
             ) from exc
-    n = len(_flatten(out))
+    batch = next((int(t.shape[0]) for t in inputs.values() if t.ndim), None)
+    check_outputs(out, batch)
+    names = [n for n, _ in output_paths(out)]
+    if not names:
+        raise InputError("The model returns no tensor.", fix="return a tensor, a tuple or a dict of tensors.")
+    nested = not (isinstance(out, torch.Tensor) or (
+        isinstance(out, (list, tuple)) and not hasattr(out, "_fields") and all(isinstance(o, torch.Tensor) for o in out)
+    ))
     if given is not None:
-        if len(given) != n:
+        if len(given) != len(names):
             raise InputError(
-                f"{len(given)} output name(s) given ({', '.join(given)}) but the model returns {n} output(s).",
-                fix=f"pass {n} output names or none.",
+                f"{len(given)} output name(s) given ({', '.join(given)}) but the model returns {len(names)} output(s) "
+                f"({', '.join(names)}).",
+                fix=f"pass {len(names)} output names or none.",
             )
-        return list(given)
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+        return list(given), nested
+    return names, nested
+
+
+def output_paths(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(stable name, tensor) for every tensor leaf of a model's output, in order; ``None`` leaves are skipped.
+
+    A single tensor is ``output``; dict keys, dataclass fields (Hugging Face ``ModelOutput``) and namedtuple fields
+    are kept (``logits``, ``pooled.a``); other sequence items are numbered (``output_0`` at the top, ``.1``
+    below). Leaves that are not tensors are returned as they are (``check_outputs`` refuses them)."""
+    import dataclasses
+
+    import torch
+
+    def join(key: object) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if out is None:
+        return []
+    if isinstance(out, torch.Tensor):
+        return [(prefix or "output", out)]
+    if isinstance(out, Mapping):
+        return [p for k, v in out.items() for p in output_paths(v, join(k))]
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return [p for f in dataclasses.fields(out) for p in output_paths(getattr(out, f.name), join(f.name))]
+    if isinstance(out, (list, tuple)):
+        fields = getattr(out, "_fields", None)
+        if fields:
+            return [p for k, v in zip(fields, out, strict=True) for p in output_paths(v, join(k))]
+        leaves = [p for i, v in enumerate(out) for p in output_paths(v, f"{prefix}.{i}" if prefix else f"output_{i}")]
+        if not prefix and len(leaves) == 1 and isinstance(out[0], torch.Tensor):
+            return [("output", leaves[0][1])]
+        return leaves
+    return [(prefix or "output", out)]
+
+
+def check_outputs(out: Any, batch: int | None) -> None:
+    """Refuse, with the fix, outputs that cannot become fixed ONNX outputs: objects that are not tensors (a
+    Hugging Face cache), and detection-style lists holding one dict per input image."""
+    import torch
+
+    if isinstance(out, list) and out and all(isinstance(o, Mapping) for o in out) and len(out) == batch:
+        keys = ", ".join(f"'{k}'" for k in list(out[0])[:4])
+        raise InputError(
+            f"The model returns a list of {len(out)} dicts, one per input sample ({keys}: detection style). Their "
+            "number follows the batch and their sizes follow the data, so they cannot become fixed ONNX outputs.",
+            fix="wrap the model in an nn.Module whose forward returns tensors (e.g. the boxes, scores and labels of "
+            "a batch of one image) and convert the wrapper, or export it yourself with torch.onnx.export and "
+            "convert the .onnx file.",
+        )
+    for name, leaf in output_paths(out):
+        if isinstance(leaf, torch.Tensor):
+            continue
+        kind = type(leaf).__name__
+        cache = "cache" in kind.lower() or "past_key_values" in name
+        raise InputError(
+            f"The model's output '{name}' is a {kind}, not a tensor; only tensors (in tuples, lists, dicts or "
+            "dataclasses) can become ONNX outputs.",
+            fix="call the model without its cache (Hugging Face: use_cache=False, e.g. model.config.use_cache = "
+            "False), or wrap it in an nn.Module whose forward returns only tensors."
+            if cache else "wrap the model in an nn.Module whose forward returns only tensors.",
+        )
+
+
+def flat_module(model: "nn.Module") -> "nn.Module":
+    """``model`` behind a forward with the same signature that returns its outputs as a flat tuple of tensors
+    (``output_paths`` order): what is exported to ONNX and saved as the reference program, so neither depends on
+    the output's Python types (a pytree-registered class another process does not know)."""
+    import torch
+
+    class FlatOutputs(torch.nn.Module):
+        def __init__(self, inner: "nn.Module") -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+            return tuple(t for _, t in output_paths(self.inner(*args, **kwargs)))
+
+    wrapper = FlatOutputs(model)
+
+    def forward(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return FlatOutputs.forward(wrapper, *args, **kwargs)
+
+    try:
+        forward.__signature__ = inspect.signature(model.forward)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        pass
+    wrapper.forward = forward  # type: ignore[method-assign]
+    wrapper.training = model.training
+    return wrapper
+
+
+@contextlib.contextmanager
+def eval_mode(model: "nn.Module") -> Iterator["nn.Module"]:
+    """``model`` in eval mode for the block; every submodule's own mode is given back afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _flatten(out: Any) -> list[Any]:
-    if isinstance(out, (list, tuple)):
-        return [x for o in out for x in _flatten(o)]
-    if isinstance(out, dict):
-        return [x for o in out.values() for x in _flatten(o)]
-    return [out]
+    return [t for _, t in output_paths(out)]
+
+
+def _check_dynamic_axes(
+    axes: Mapping[str, Mapping[int, str]] | None, examples: Mapping[str, "torch.Tensor"]
+) -> dict[str, dict[int, str]]:
+    """Requested dynamic axes, checked against the example inputs (name, axis in range, example size ≥ 2)."""
+    if not axes:
+        return {}
+    out: dict[str, dict[int, str]] = {}
+    for name, spec in axes.items():
+        if name not in examples:
+            raise InputError(
+                f"dynamic_axes names input '{name}', but the model's inputs are {', '.join(examples)}.",
+                fix="name an input of the model, e.g. {'input_ids': {1: 'seq'}} (CLI: --dynamic-axes input_ids:1=seq).",
+            )
+        shape = tuple(examples[name].shape)
+        out[name] = {}
+        for axis, dim in dict(spec).items():
+            a = int(axis)
+            if not 1 <= a < len(shape):
+                raise InputError(
+                    f"dynamic_axes: input '{name}' has {len(shape)} axes {shape}; axis {a} cannot be made dynamic "
+                    "(axis 0 is the batch, dynamic already).",
+                    fix=f"pick an axis from 1 to {len(shape) - 1}.",
+                )
+            if not isinstance(dim, str) or not dim.isidentifier():
+                raise InputError(f"dynamic_axes: the name of axis {a} of '{name}' must be an identifier, got {dim!r}.",
+                                 fix="name it like seq, height or width.")
+            if shape[a] < 2:
+                raise InputError(
+                    f"dynamic_axes: the example of '{name}' has size {shape[a]} on axis {a}; the exporter fixes "
+                    "an axis of size 0 or 1 to that size.",
+                    fix=f"give an example input with at least 2 along axis {a}.",
+                )
+            out[name][a] = dim
+    return out
 
 
 def _first_line(exc: BaseException) -> str:
@@ -401,6 +582,9 @@ def onnx_artifact_from_file(path: Path, *, preprocessing: Preprocessing | None =
         ) from exc
     if not proto.graph.node and not proto.graph.output:
         raise ConversionError(f"{path} is an invalid model: it has no graph.", fix="pass a complete .onnx file.")
+    from modelport.export.graph_checks import check_graph
+
+    check_graph(proto, f"The ONNX model {path}")  # limits first: the checker and ONNX Runtime come after
     data_files = _external_data_files(proto, path.parent)
     try:
         proto = check_onnx(path)
@@ -485,12 +669,34 @@ def run_onnx_all(path: Path, feeds: Feeds | Sequence[Feed]) -> list[list[np.ndar
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    declared = {i.name: i.type for i in session.get_inputs()}
-    results: list[list[np.ndarray]] = []
-    for feed in feeds:
-        results.append(session.run(None, _cast_feed(feed, declared)))
+    with _ort_errors(path):
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        declared = {i.name: i.type for i in session.get_inputs()}
+        results: list[list[np.ndarray]] = []
+        for feed in feeds:
+            results.append(session.run(None, _cast_feed(feed, declared)))
     return results
+
+
+@contextlib.contextmanager
+def _ort_errors(path: Path) -> Iterator[None]:
+    """ONNX Runtime's own failures (an operator it does not implement, an allocation it cannot make) as one
+    ``ConversionError`` paragraph instead of ``[ONNXRuntimeError] : 1 : FAIL : …`` surfacing as an internal error."""
+    try:
+        yield
+    except MemoryError as exc:
+        raise ConversionError(
+            f"ONNX Runtime ran out of memory running {path} (the model asks for more than this machine has).",
+            fix="check the model's shapes (a ConstantOfShape/Expand with huge sizes?) or use a machine with more memory.",
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - only ONNX Runtime's own exception types are turned into a paragraph
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise ConversionError(
+            f"ONNX Runtime cannot run {path}: {_first_line(exc)}",
+            fix="check that the model uses standard ONNX operators and sane shapes (ONNX Runtime's message above says "
+            "which node failed).",
+        ) from exc
 
 
 _ORT_TYPES = {
@@ -525,11 +731,11 @@ def _cast_feed(feed: Feed, declared: dict[str, str]) -> Feed:
 
 
 def _torch_outputs(model: "nn.Module", feeds: Feeds | Sequence[Feed]) -> list[list[np.ndarray]]:
+    """Every output (``output_paths`` order) of the model in eval mode for every batch; the mode is given back."""
     import torch
 
-    model.eval()
     results: list[list[np.ndarray]] = []
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for feed in feeds:
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
             try:
@@ -540,20 +746,39 @@ def _torch_outputs(model: "nn.Module", feeds: Feeds | Sequence[Feed]) -> list[li
                     f"{_first_line(exc)}",
                     fix="give feeds of the shape and dtype the model expects.",
                 ) from exc
+            check_outputs(out, len(next(iter(feed.values()))) if feed else None)
             results.append([t.detach().cpu().float().numpy() if t.is_floating_point() else t.cpu().numpy()
                             for t in _flatten(out)])
     return results
 
 
 def reference_outputs(model: "nn.Module", feeds: Feeds | Sequence[Feed]) -> list[np.ndarray]:
-    """The PyTorch model's first output for every batch (the reference every artifact is compared with)."""
+    """The PyTorch model's first output for every batch (for single-output checks; see ``named_outputs``)."""
     return [outs[0] for outs in _torch_outputs(model, feeds)]
+
+
+def named_outputs(model: "nn.Module", feeds: Feeds | Sequence[Feed], names: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """Every output of the PyTorch model per batch, under ``names`` (the ONNX export's output names)."""
+    return by_name(_torch_outputs(model, feeds), names)
+
+
+def by_name(per_batch: Sequence[Sequence[np.ndarray]], names: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """Outputs per batch (as runtimes return them) regrouped as {output name: batches}; counts must agree."""
+    for outs in per_batch:
+        if len(outs) != len(names):
+            raise ConversionError(
+                f"The model returns {len(outs)} output(s) but {len(names)} are declared ({', '.join(names)}).",
+                fix="re-export the model; its outputs changed since the ONNX file was written.",
+            )
+    return {name: [outs[i] for outs in per_batch] for i, name in enumerate(names)}
 
 
 def validate_onnx(
     artifact: Artifact, model: "nn.Module", feeds: Feeds, *, precision: Precision = Precision.FP32
 ) -> Artifact:
-    """Compare ONNX Runtime with PyTorch on ``feeds``: ``VALIDATED`` or ``failed: reason`` (never raises for numbers)."""
+    """Compare every output of ONNX Runtime with PyTorch on ``feeds``: ``VALIDATED`` or ``failed: reason`` naming
+    the output (never raises for numbers); per-output figures in ``details['validation']['outputs']``. Axes
+    exported dynamic beyond the batch are then checked at a second size."""
     if len(feeds) == 0:
         raise InputError("Validation needs at least one batch of data.", fix="give validation feeds.")
     reference = _torch_outputs(model, feeds)
@@ -570,14 +795,60 @@ def validate_onnx(
                 name = names[i] if i < len(names) else f"#{i}"
                 return artifact.failed(f"output '{name}' contains NaN/Inf")
     try:
-        agreement = compare([r[0] for r in reference], [c[0] for c in candidate], classes=feeds.labels is not None)
-    except ValueError as exc:
-        return artifact.failed(f"output differs in shape from PyTorch: {exc}")
-    details = {**artifact.details, "validation": {**agreement.to_dict(), "precision": str(precision)}}
-    reason = judge(precision, agreement)
+        per_output = compare_outputs(by_name(reference, names), _per_output(candidate), classes=feeds.labels is not None)
+    except (ValueError, ConversionError) as exc:
+        return artifact.failed(f"outputs differ in shape or number from PyTorch: {exc}")
+    details = {**artifact.details, "validation": {**agreement_record(per_output), "precision": str(precision)}}
+    reason = judge_outputs(precision, per_output)
     if reason is not None:
         return artifact.failed(reason).replace(details=details)
+    axes = artifact.details.get("dynamic_axes")
+    if axes:
+        check = check_dynamic_sizes(artifact, model, feeds.batches[0], axes, precision)
+        details["dynamic_check"] = check
+        if not check["ok"]:
+            return artifact.failed(str(check["reason"])).replace(details=details)
     return artifact.replace(status=Status.VALIDATED, status_detail="", details=details)
+
+
+def _per_output(per_batch: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    n = len(per_batch[0]) if per_batch else 0
+    return [[outs[i] for outs in per_batch] for i in range(n)]
+
+
+def check_dynamic_sizes(
+    artifact: Artifact, model: "nn.Module", feed: Feed, axes: Mapping[str, Mapping[Any, str]],
+    precision: Precision = Precision.FP32,
+) -> dict[str, Any]:
+    """Run ONNX Runtime and PyTorch on ``feed`` resized along every dynamic axis (one shorter, or one longer when
+    the axis has 2) and compare every output: a size baked into the graph shows here, not on the device."""
+    sizes: dict[str, list[int]] = {}
+    resized: Feed = {k: np.asarray(v) for k, v in feed.items()}
+    for inp, spec in axes.items():
+        for axis, dim in spec.items():
+            a = int(axis)
+            if inp not in resized or resized[inp].ndim <= a:
+                continue
+            size = int(np.asarray(feed[inp]).shape[a])
+            new = sizes.setdefault(dim, [size, size - 1 if size > 2 else size + 1])[1]
+            idx = np.minimum(np.arange(new), size - 1)  # shorter: a prefix; longer: the last position repeated
+            resized[inp] = np.take(resized[inp], idx, axis=a)
+    record: dict[str, Any] = {"sizes": sizes, "ok": True, "reason": ""}
+    try:
+        got = run_onnx_all(artifact.path, [resized])
+        want = _torch_outputs(model, [resized])
+        names = [t.name for t in artifact.outputs]
+        per_output = compare_outputs(by_name(want, names), _per_output(got), classes=False)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refusing the other size is the finding itself
+        reason = _first_line(exc)
+        per_output = None
+    else:
+        reason = judge_outputs(precision, per_output)
+        record["validation"] = agreement_record(per_output)
+    if reason is not None:
+        what = ", ".join(f"'{d}' {a} → {b}" for d, (a, b) in sizes.items())
+        record.update(ok=False, reason=f"dynamic axes do not hold at another size ({what}): {reason}")
+    return record
 
 
 # ------------------------------------------------------------------------------------------- helpers for converters
@@ -625,11 +896,18 @@ def temp_dir_in(parent: Path, prefix: str) -> Iterator[Path]:
 
 __all__ = [
     "EXPORTERS",
+    "by_name",
     "call_model",
+    "check_dynamic_sizes",
     "check_onnx",
+    "check_outputs",
     "conform_feeds",
+    "eval_mode",
     "export_onnx",
+    "flat_module",
+    "named_outputs",
     "onnx_artifact_from_file",
+    "output_paths",
     "read_specs",
     "rebatch",
     "reference_outputs",
