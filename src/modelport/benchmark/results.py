@@ -1,7 +1,8 @@
 """The results schema (versioned): one row per artifact × runtime × device, plus the environment it ran in.
 
 A reader refuses an unknown schema or version instead of guessing; rows keep their status (``ok``,
-``failed: …``, ``unavailable: …``, ``invalid: …``) so nothing is silently dropped.
+``failed: …``, ``unavailable: …``, ``invalid: …``) so nothing is silently dropped. The status is stored as that
+string (the schema is unchanged) and read as a ``RowStatus``: a ``RowState`` and its reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,54 @@ SCHEMA = "modelport.results"
 SCHEMA_VERSION = 1
 _MAX_RESULTS_BYTES = 64 * 1024 * 1024
 _CHUNK = 1 << 20
+
+
+class RowState(StrEnum):
+    """What happened to one benchmark row. ``ok`` rows carry numbers; the others carry a reason instead."""
+
+    OK = "ok"
+    FAILED = "failed"  # it ran (or tried to) and broke: conversion, load or inference error
+    UNAVAILABLE = "unavailable"  # it cannot run here: runtime or device absent
+    INVALID = "invalid"  # it ran, but its figures cannot be trusted (NaN outputs, absurd values)
+
+
+@dataclass(frozen=True)
+class RowStatus:
+    """A row's state and reason, parsed from (and written back as) the results file's ``status`` string."""
+
+    state: RowState
+    reason: str = ""
+
+    @classmethod
+    def parse(cls, text: object) -> "RowStatus":
+        """``"failed: why"`` → (FAILED, "why"). An unknown word is an invalid row that says what it read."""
+        raw = str(text)
+        word, _, reason = raw.partition(":")
+        try:
+            return cls(RowState(word.strip()), reason.strip())
+        except ValueError:
+            return cls(RowState.INVALID, f"unrecognised status {raw[:80]!r}")
+
+    def __str__(self) -> str:
+        return f"{self.state}: {self.reason}" if self.reason else str(self.state)
+
+
+VALIDATED_ON_CPU = "validated on CPU (functional check)"
+
+
+def functional_check_only(artifact: Artifact) -> bool:
+    """True when an artifact for a non-CPU device was validated by running it on CPU (its device is absent here):
+    a functional check, not a measurement on the target. Tables say so instead of a bare "validated"."""
+    details = artifact.details or {}
+    if details.get("validation_note"):
+        return True
+    device = str((details.get("validation") or {}).get("device") or "")
+    if device.upper() != "CPU" or not artifact.profile:
+        return False
+    from modelport.core.profiles import load_profiles
+
+    profile = load_profiles().get(artifact.profile)
+    return profile is not None and str(profile.device).upper() != "CPU"
 
 
 def artifact_files(artifact: Artifact) -> list[Path]:
@@ -85,9 +135,21 @@ class ArtifactResult:
         return self.status == "ok"
 
     @property
-    def state(self) -> str:
+    def parsed_status(self) -> RowStatus:
+        return RowStatus.parse(self.status)
+
+    @property
+    def state(self) -> RowState:
         """``ok``, ``failed``, ``unavailable`` or ``invalid`` (the status without its reason)."""
-        return self.status.split(":", 1)[0].strip()
+        return self.parsed_status.state
+
+    @property
+    def reason(self) -> str:
+        """Why the row is not ``ok`` (empty for ``ok`` rows)."""
+        return self.parsed_status.reason
+
+    def set_status(self, state: RowState, reason: str = "") -> None:
+        self.status = str(RowStatus(state, reason))
 
     def add_note(self, note: str) -> None:
         if note not in self.notes:
@@ -115,6 +177,8 @@ class ArtifactResult:
                 size, packed = sum(p.stat().st_size for p in files), gzip_size(files)
             except OSError as exc:  # unreadable file: report the recorded size and say why gzip is missing
                 notes.append(f"size not measured: {exc}")
+        if functional_check_only(artifact):
+            notes.append(VALIDATED_ON_CPU)
         return cls(
             label=label or default_label(artifact, runtime),
             profile=artifact.profile,
