@@ -12,7 +12,7 @@ import pytest
 
 from conftest import LinearModel, artifact_for
 from modelport.benchmark.environment import CPU_FLAGS, collect_environment
-from modelport.reporting.report import render_table, row_cells, warnings_for, write_csv, write_markdown
+from modelport.reporting.report import HEADERS, render_table, row_cells, warnings_for, write_csv, write_markdown
 from modelport.benchmark.results import (
     SCHEMA_VERSION,
     ArtifactResult,
@@ -177,33 +177,50 @@ def _rendered(results: BenchResults, width: int) -> str:
     return console.export_text()
 
 
-@pytest.mark.parametrize("width", [80, 140, 200])
+def _table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line[:1] in "┏┃┡│└"]
+
+
+@pytest.mark.parametrize("width", [80, 120, 140, 200])
 def test_table_fits_the_terminal_and_keeps_every_reason(results: BenchResults, width: int) -> None:
+    """Issue 16: readable at 80, 120 and 200 columns: nothing cropped (every table line closed by its border),
+    names whole and distinguishable, each reason printed once as a footnote, the most useful columns kept."""
+    results.rows.append(_row("core-ultra-gpu/int8", "int8", status="failed: ConversionError: boom | pipe"))
+    results.rows.append(_row("t4/int8", "int8", status="unavailable: tensorrt is not installed", size=0))
     warnings_for(results)
     text = _rendered(results, width)
     assert max(len(line) for line in text.splitlines()) <= width
+    assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in _table_lines(text))  # no column cut off at the edge
+    body = [line.split("│")[1].strip() for line in _table_lines(text) if line.startswith("│")]
     for row in results.rows:
-        assert row.label in text
-    assert "tensorrt is not installed" in text and "boom" in text  # reasons survive as footnotes
-    assert "not smaller than fp32" in text.replace("\n", " ")  # notes too, even without a warnings column
-    assert ("p99" in text) is (width >= 110)
+        assert row.label in body  # whole on its own line: core-ultra-npu/int8 vs core-ultra-gpu/int8
+    assert text.count("tensorrt is not installed") == 1 and text.count("boom | pipe") == 1  # once, as footnotes
+    assert "not smaller than fp32" in text.replace("\n", " ")  # notes too, even without a notes column
+    header = "\n".join(_table_lines(text)[:4])
+    assert ("p99" in header) is (width >= 110)
+    assert all(h in header for h in ("artifact", "status", "p50", "acc"))
+    assert "(n=400)" in header  # the accuracy's sample count, said once for every row
 
 
-def test_items_per_second_prefers_the_throughput_mode_and_energy_shows_when_measured(results: BenchResults) -> None:
+def test_items_per_second_and_throughput_mode_and_energy_show_when_measured(results: BenchResults) -> None:
     from modelport.benchmark.throughput import ThroughputStats
 
+    col = {h: i for i, h in enumerate(HEADERS)}
     row = results.rows[0]
     row.async_throughput = {32: ThroughputStats(batch=32, completed=100, seconds=0.5, streams=2, requests=4,
                                                 engine="openvino-async")}
-    assert row_cells(row, largest_batch=32)[9] == "6,400 (async)"
-    assert row_cells(row, largest_batch=64)[9] == "6,400 (async b32)"
-    assert row_cells(results.rows[1], largest_batch=32)[9].replace(",", "").isdigit()  # latency loop, no suffix
-    assert row_cells(row)[10] == "—"
+    assert row_cells(row, largest_batch=32)[col["async items/s"]] == "6,400"
+    assert row_cells(row, largest_batch=64)[col["async items/s"]] == "6,400 (b32)"
+    assert row_cells(row, largest_batch=64)[col["items/s"]].endswith("(b32)")  # the latency loop's figure
+    assert row_cells(results.rows[1], largest_batch=32)[col["items/s"]].replace(",", "").isdigit()
+    assert row_cells(row)[col["energy mJ/inf"]] == "—"
     row.energy = {1: {"status": "ok", "joules_per_inference": 0.0042}}
     results.rows[1].energy = {1: {"status": "n/a (no counters)"}}
-    assert row_cells(row)[10] == "4.2"  # 0.0042 J = 4.2 mJ per inference
-    assert row_cells(results.rows[1])[10] == "n/a"
-    assert "mJ/inf" in _rendered(results, 200)
+    assert row_cells(row)[col["energy mJ/inf"]] == "4.2"  # 0.0042 J = 4.2 mJ per inference
+    assert row_cells(results.rows[1])[col["energy mJ/inf"]] == "n/a (no counters)"
+    wide = _rendered(results, 200)
+    assert "mJ/inf" in wide and "async" in wide
+    assert "mJ/inf" not in _rendered(BenchResults(rows=results.rows[1:3], config=results.config), 200)
 
 
 def test_csv_carries_throughput_mode_and_energy(tmp_path: Path, results: BenchResults) -> None:

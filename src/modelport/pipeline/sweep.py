@@ -622,43 +622,11 @@ def _relocate(results: Any, stage: Path, final: Path, folder: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- reports
 
-HEADERS = (
-    "model", "variant", "profile/precision", "status", "params nz/total", "MB", "gzip MB", "×size", "×gzip", "p50 ms",
-    "×lat", "acc %", "Δacc", "warnings",
-)
-DASH = "—"
+def _sweep_columns() -> Any:
+    """The sweep table's columns (``reporting.columns.SWEEP_COLUMNS``): terminal and Markdown alike."""
+    from modelport.reporting.columns import SWEEP_COLUMNS
 
-
-def _f(x: float | None, fmt: str) -> str:
-    return DASH if x is None else format(x, fmt)
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else str(n)
-
-
-def _params(r: SweepRow) -> str:
-    if r.params_total is None:
-        return DASH
-    nz = DASH if r.params_nonzero is None else _count(r.params_nonzero)
-    return f"{nz}/{_count(r.params_total)}"
-
-
-def row_cells(r: SweepRow) -> list[str]:
-    """Display cells in ``HEADERS`` order; rows that are not ok show dashes, never numbers."""
-    ok = r.ok
-    failed = r.status.startswith("failed")
-    return [
-        r.model, r.variant, f"{r.profile}/{r.precision}", r.status,
-        _params(r),
-        _f(r.size_bytes / 1e6 if r.size_bytes and not failed else None, ".3f"),
-        _f(r.gzip_bytes / 1e6 if r.gzip_bytes and not failed else None, ".3f"),
-        _f(r.size_ratio, ".2f"), _f(r.gzip_ratio, ".2f"),
-        _f(r.p50_ms if ok else None, ".3f"), _f(r.latency_ratio, ".2f"),
-        _f(r.accuracy * 100 if ok and r.accuracy is not None else None, ".2f"),
-        _f(None if r.accuracy_drop_pts is None else 0.0 - r.accuracy_drop_pts + 0.0, "+.2f"),
-        "; ".join(r.warnings),
-    ]
+    return SWEEP_COLUMNS
 
 
 _LEGEND = (
@@ -668,39 +636,37 @@ _LEGEND = (
 )
 
 
-def render_sweep(result: SweepResult, console: "Console | None" = None) -> "Table":
-    """A rich table of the merged rows; long warnings and statuses become footnotes."""
-    from rich.markup import escape
-    from rich.table import Table
+def render_sweep(result: SweepResult, console: "Console | None" = None, *, width: int | None = None) -> "Table":
+    """A rich table of the merged rows, laid out by the column table for the console's width (``COLUMNS`` when
+    piped); each reason and long warning is printed once as a numbered footnote."""
+    from rich.text import Text
 
-    table = Table(title=f"modelport sweep — {result.matrix.get('name')}")
-    for h in HEADERS:
-        left = h in {"model", "variant", "profile/precision", "status", "warnings"}
-        table.add_column(h, justify="left" if left else "right", overflow="fold", no_wrap=h in {"model", "variant", "profile/precision"})
-    notes: list[str] = []
-    for r in result.rows:
-        cells = row_cells(r)
-        if len(cells[3]) > 12:
-            notes.append(f"{r.model}/{r.variant}/{r.profile}: {cells[3]}")
-            cells[3] = f"{r.status.split(':', 1)[0]} [{len(notes)}]"
-        if len(cells[-1]) > 30:
-            notes.append(f"{r.model}/{r.variant}/{r.profile}: {cells[-1]}")
-            cells[-1] = f"see [{len(notes)}]"
-        colour = "green" if r.ok else "red"
-        cells = [escape(c) for c in cells]
-        cells[3] = f"[{colour}]{cells[3]}[/{colour}]"
-        if cells[-1]:
-            cells[-1] = f"[yellow]{cells[-1]}[/yellow]"
-        table.add_row(*cells)
-    table.caption = escape(_LEGEND + ("\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)) if notes else ""))
-    table.caption_justify = "left"
+    from modelport.benchmark.results import RowStatus
+    from modelport.core.text import clean_text, safe_text
+    from modelport.reporting.columns import terminal_table
+
+    width = width or (console.width if console is not None else 200)
+    laid = terminal_table(_sweep_columns(), result.rows, width=width,
+                          title=f"modelport sweep — {result.matrix.get('name')}",
+                          status_of=lambda r: RowStatus.parse(r.status), notes_of=lambda r: list(r.warnings))
+    legend = _LEGEND
+    if laid.left_out:
+        legend += f" {len(laid.left_out)} more columns in sweep.md or a wider terminal."
+    notes = [f"[{i}] {clean_text(n)}" for i, n in enumerate(laid.footnotes, 1)]
     if console is not None:
-        console.print(table)
-    return table
+        console.print(laid.table)
+        console.print(Text(clean_text(legend), style="dim"))
+        for line in notes:
+            console.print(Text(line))
+    else:
+        laid.table.caption = safe_text("\n".join([legend, *notes]))
+        laid.table.caption_justify = "left"
+    return laid.table
 
 
 def write_sweep(result: SweepResult, folder: Path) -> None:
     """``sweep.json`` (everything), ``sweep.csv`` (flat rows), ``sweep.md`` (table, legend, environment)."""
+    from modelport.core.text import csv_cell
     from modelport.reporting.report import _environment_lines
 
     folder = Path(folder)
@@ -711,16 +677,16 @@ def write_sweep(result: SweepResult, folder: Path) -> None:
     w.writerow(keys)
     for r in result.rows:
         d = r.to_dict()
-        w.writerow(["; ".join(d[k]) if k == "warnings" else ("" if d[k] is None else d[k]) for k in keys])
+        w.writerow([csv_cell("; ".join(d[k]) if k == "warnings" else ("" if d[k] is None else d[k])) for k in keys])
     atomic_write_text(folder / "sweep.csv", buf.getvalue())
     md = [f"# modelport sweep — {result.matrix.get('name')}", ""]
     if result.matrix.get("description"):
         md += [str(result.matrix["description"]), ""]
     md += [f"Created {result.created}; {len(result.rows)} rows, {result.matrix.get('configurations')} deployed "
            f"configurations; sweep took {result.seconds} s.", ""]
-    md += ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    for r in result.rows:
-        md.append("| " + " | ".join(c.replace("|", "\\|") for c in row_cells(r)) + " |")
+    from modelport.reporting.columns import markdown_table
+
+    md += markdown_table(_sweep_columns(), result.rows)
     md += ["", _LEGEND, "", "## Variants", ""]
     for v in result.matrix.get("variants", []):
         steps = "; ".join(", ".join(f"{k}={val}" for k, val in s.items()) for s in v.get("steps") or []) or "no steps"

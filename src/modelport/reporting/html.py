@@ -6,8 +6,10 @@ measured, and every machine's environment. Plots are matplotlib figures (Agg, no
 PNG; the page loads nothing from anywhere and a Content-Security-Policy forbids scripts.
 
 Results files are untrusted input: every string from them is HTML-escaped, every number is checked to be a finite
-number (anything else shows as ``n/a``), and ``$`` is escaped in plot labels so mathtext never parses file text.
-Rows are read from their JSON form, so files from older or newer runners render with the fields they have.
+number in a plausible range (``columns.row_view``: anything else shows as ``n/a``, and an ``ok`` row holding an
+absurd figure becomes ``invalid``), and ``$`` is escaped in plot labels so mathtext never parses file text. Rows are
+read from their JSON form, so files from older or newer runners render with the fields they have. The table's
+columns come from the one column table (``columns.COLUMNS``); runtime colours from ``modelport.backends``.
 """
 
 from __future__ import annotations
@@ -17,211 +19,33 @@ import html
 import io
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.reporting.merge import Comparison, MachineRun, environment_summary, single
-from modelport.benchmark.results import BenchResults
+from modelport.backends import colour
+from modelport.benchmark.results import BenchResults, RowState
 from modelport.core.files import atomic_write_text
+from modelport.reporting.columns import (
+    COLUMNS,
+    HTML,
+    NA,
+    RowView,
+    add_speedups,
+    num,
+    row_view,
+    shown,
+)
+from modelport.reporting.merge import Comparison, MachineRun, comparison_views, environment_summary, single
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-NA = "n/a"
-_STATES = ("ok", "failed", "unavailable", "invalid")
-_RUNTIME_COLOURS = {"torch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#8c2d9c", "tensorrt": "#2ca02c"}
+__all__ = ["HTML_HEADERS", "RowView", "add_speedups", "num", "pareto_front", "render_html", "row_view", "write_html"]
+_STATES = tuple(str(s) for s in RowState)
 _PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "P", "int8": "^"}
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-# ------------------------------------------------------------------------------------------ tolerant readers
-
-
-def num(x: Any) -> float | None:
-    """A finite number, or None for anything else (missing, null, NaN, a string, a bool...)."""
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _dict(x: Any) -> dict[str, Any]:
-    return x if isinstance(x, dict) else {}
-
-
-def _by_batch(x: Any) -> dict[int, Any]:
-    """``{"1": v, "32": w}`` → ``{1: v, 32: w}``; keys that are not positive integers are dropped."""
-    out = {}
-    for k, v in _dict(x).items():
-        try:
-            b = int(k)
-        except (TypeError, ValueError):
-            continue
-        if b >= 1:
-            out[b] = v
-    return out
-
-
-def _energy(row: dict[str, Any], batch: int | None) -> str:
-    """Joules per inference at the table's batch (the runner records energy per batch size), else the runner's
-    reason (``n/a (no counters)``), else n/a. A single number or record (other runners) is read too."""
-    value = row.get("energy")
-    suffix = ""
-    per_batch = {b: v for b, v in _by_batch(value).items() if isinstance(v, dict) or num(v) is not None}
-    if per_batch:
-        b = batch if batch in per_batch else min(per_batch)
-        value, suffix = per_batch[b], ("" if b == 1 else f" (b{b})")
-    if num(value) is not None:
-        return f"{num(value):.4g}{suffix}"
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict):
-        for key in ("joules_per_inference", "j_per_inference"):
-            if num(value.get(key)) is not None:
-                return f"{num(value[key]):.4g}{suffix}"
-        for key in ("status", "reason"):
-            if isinstance(value.get(key), str) and value[key] and value[key] != "ok":
-                return str(value[key])
-    return NA
-
-
-def _async_items(row: dict[str, Any]) -> dict[int, float]:
-    """Items/s of the throughput mode (streams / concurrent sessions) per batch, when the runner measured it."""
-    out = {}
-    for b, rec in _by_batch(row.get("async_throughput")).items():
-        rec = _dict(rec)
-        ips = num(rec.get("items_per_second"))
-        if ips is None and num(rec.get("seconds")) and num(rec.get("completed")) is not None:
-            ips = b * num(rec["completed"]) / num(rec["seconds"])  # type: ignore[operator]
-        if ips is not None:
-            out[b] = ips
-    return out
-
-
-def _peak_rss(row: dict[str, Any]) -> float | None:
-    mem = _dict(row.get("memory"))
-    peaks = [num(v) for k, v in mem.items() if "peak" in str(k)]
-    peaks = [p for p in peaks if p is not None]
-    return max(peaks) if peaks else None
-
-
-@dataclass
-class RowView:
-    """One results row as the page shows it: every value either checked or None."""
-
-    machine: str
-    label: str
-    profile: str | None
-    runtime: str
-    device: str
-    precision: str
-    status: str
-    state: str
-    sha256: str
-    size: float | None
-    gzip: float | None
-    load_ms: float | None
-    first_ms: float | None
-    p50: dict[int, float]
-    p99: dict[int, float]
-    ci: dict[int, tuple[float, float]]
-    throughput: dict[int, float]
-    async_throughput: dict[int, float]
-    accuracy: float | None
-    drop: float | None
-    top1: float | None
-    rss_peak: float | None
-    energy: str
-    notes: str
-    speedup_eager: float | None = None
-    speedup_fp32: float | None = None
-
-    @property
-    def batch(self) -> int | None:
-        """The batch latency is shown at: 1 when measured, else the smallest."""
-        return (1 if 1 in self.p50 else min(self.p50)) if self.p50 else None
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "ok"
-
-    def name(self, multi: bool) -> str:
-        return f"{self.machine} · {self.label}" if multi else self.label
-
-
-def row_view(machine: str, row: dict[str, Any]) -> RowView:
-    status = str(row.get("status", "unknown"))
-    state = status.split(":", 1)[0].strip()
-    p50, p99, ci = {}, {}, {}
-    for b, stats in _by_batch(row.get("latency")).items():
-        stats = _dict(stats)
-        if num(stats.get("p50")) is not None:
-            p50[b] = num(stats["p50"])
-        if num(stats.get("p99")) is not None:
-            p99[b] = num(stats["p99"])
-        bounds = stats.get("median_ci95")
-        if isinstance(bounds, list | tuple) and len(bounds) == 2 and all(num(v) is not None for v in bounds):
-            ci[b] = (num(bounds[0]), num(bounds[1]))
-    throughput = {b: num(v) for b, v in _by_batch(row.get("throughput")).items() if num(v) is not None}
-    batch = (1 if 1 in p50 else min(p50)) if p50 else None
-    agreement = _dict(row.get("agreement"))
-    notes = row.get("notes")
-    profile = row.get("profile")
-    return RowView(
-        machine=machine,
-        label=str(row.get("label", "?")),
-        profile=None if profile is None else str(profile),
-        runtime=str(row.get("runtime", "?")),
-        device=str(row.get("device", "?")),
-        precision=str(row.get("precision", "?")),
-        status=status,
-        state=state,
-        sha256=str(row.get("sha256", "")),
-        size=num(row.get("size_bytes")),
-        gzip=num(row.get("gzip_bytes")),
-        load_ms=num(row.get("load_ms")),
-        first_ms=num(row.get("first_inference_ms")),
-        p50=p50,
-        p99=p99,
-        ci=ci,
-        throughput=throughput,  # type: ignore[arg-type]
-        async_throughput=_async_items(row),
-        accuracy=num(row.get("accuracy")),
-        drop=num(row.get("accuracy_drop")),
-        top1=num(agreement.get("top1_agreement")),
-        rss_peak=_peak_rss(row),
-        energy=_energy(row, batch),
-        notes="; ".join(str(n) for n in notes) if isinstance(notes, list) else ("" if notes is None else str(notes)),
-    )
-
-
-def _speedup(base: RowView, row: RowView) -> float | None:
-    """base p50 / row p50 at a batch both measured (batch 1 when both have it)."""
-    common = sorted(set(base.p50) & set(row.p50))
-    if not common:
-        return None
-    b = 1 if 1 in common else common[0]
-    return base.p50[b] / row.p50[b] if row.p50[b] > 0 else None
-
-
-def add_speedups(views: list[RowView]) -> None:
-    """Speedup vs the machine's eager-PyTorch row and vs the FP32 row of the same profile, runtime and device."""
-    for v in views:
-        if not v.ok:
-            continue
-        eager = next((e for e in views if e.ok and e.machine == v.machine and e.runtime == "torch" and e.p50), None)
-        fp32 = next(
-            (
-                f for f in views
-                if f.ok and f.machine == v.machine and f.precision == "fp32" and v.profile is not None
-                and f.profile == v.profile and f.runtime == v.runtime and f.device == v.device and f.p50
-            ),
-            None,
-        )
-        v.speedup_eager = _speedup(eager, v) if eager else None
-        v.speedup_fp32 = _speedup(fp32, v) if fp32 else None
+_NOTES_OPEN = 90  # longer notes collapse to their first words; a click shows the rest (no script needed)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -271,7 +95,7 @@ def _pareto_panel(ax: "Axes", views: list[RowView], title: str) -> None:
     ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=8, family="monospace")
     for v, (x, y) in zip(views, points, strict=True):
         ax.scatter(
-            x, y, s=60, color=_RUNTIME_COLOURS.get(v.runtime, "#ff7f0e"),
+            x, y, s=60, color=colour(v.runtime),
             marker=_PRECISION_MARKERS.get(v.precision, "D"), edgecolors="black", linewidths=0.5, zorder=3,
         )
     front = pareto_front(points)
@@ -316,7 +140,7 @@ def _legend_keys(fig: "Figure", views: list[RowView]) -> None:
 
     runtimes = sorted({v.runtime for v in views if v.ok})
     precisions = sorted({v.precision for v in views if v.ok})
-    handles = [Line2D([], [], linestyle="", marker="o", color=_RUNTIME_COLOURS.get(r, "#ff7f0e"), label=r)
+    handles = [Line2D([], [], linestyle="", marker="o", color=colour(r), label=r)
                for r in runtimes]
     handles += [Line2D([], [], linestyle="", marker=_PRECISION_MARKERS.get(p, "D"), color="#444444", label=p)
                 for p in precisions]
@@ -361,25 +185,45 @@ def size_figure(views: list[RowView], multi: bool) -> str | None:
     return _png(fig)
 
 
-def speedup_figure(views: list[RowView], multi: bool) -> str | None:
-    """Speedup (×, higher is faster) vs eager PyTorch and vs the FP32 artifact of the same profile."""
+def _speedup_noisy(v: RowView) -> bool:
+    return v.speedup_eager_noisy or v.speedup_fp32_noisy
+
+
+def speedup_order(views: list[RowView]) -> list[RowView]:
+    """Rows with a speedup: reliable figures first (fastest first), then those from noisy runs (CV over 10 %)."""
     chosen = [v for v in views if v.speedup_eager is not None or v.speedup_fp32 is not None]
+    return sorted(chosen, key=lambda v: (_speedup_noisy(v), -(v.speedup_fp32 or v.speedup_eager or 0.0)))
+
+
+def speedup_figure(views: list[RowView], multi: bool) -> str | None:
+    """Speedup (×, higher is faster) vs eager PyTorch and vs the FP32 artifact of the same profile, each bar with
+    the interval of its ratio (whiskers); reliable figures first, noisy ones after them, hatched and marked."""
+    chosen = speedup_order(views)
     if not chosen:
         return None
     fig = _new_figure(8.5, 1.2 + 0.42 * len(chosen))
     ax = fig.add_subplot()
     ys = range(len(chosen))
-    eager = [v.speedup_eager or 0.0 for v in chosen]
-    fp32 = [v.speedup_fp32 or 0.0 for v in chosen]
-    ax.barh([y - 0.2 for y in ys], eager, height=0.4, color="#7f7f7f", label="vs eager PyTorch")
-    ax.barh([y + 0.2 for y in ys], fp32, height=0.4, color="#ff7f0e", label="vs FP32 of the same profile")
-    for y, a, b in zip(ys, eager, fp32, strict=True):
-        for value, dy in ((a, -0.2), (b, 0.2)):
-            if value:
-                ax.annotate(f"{value:.2f}×", (value, y + dy), xytext=(3, 0), textcoords="offset points",
-                            va="center", fontsize=7)
+    series = (
+        ("speedup_eager", -0.2, "#7f7f7f", "vs eager PyTorch"),
+        ("speedup_fp32", 0.2, "#ff7f0e", "vs FP32 of the same profile"),
+    )
+    for attr, dy, fill, label in series:
+        values = [getattr(v, attr) or 0.0 for v in chosen]
+        cis = [getattr(v, f"{attr}_ci") if getattr(v, attr) else None for v in chosen]
+        err = [[max(0.0, x - ci[0]) if ci else 0.0 for x, ci in zip(values, cis, strict=True)],
+               [max(0.0, ci[1] - x) if ci else 0.0 for x, ci in zip(values, cis, strict=True)]]
+        bars = ax.barh([y + dy for y in ys], values, height=0.4, color=fill, label=label, xerr=err,
+                       error_kw={"ecolor": "black", "elinewidth": 0.8, "capsize": 2})
+        for bar, v, x, ci in zip(bars, chosen, values, cis, strict=True):
+            if getattr(v, f"{attr}_noisy"):
+                bar.set_hatch("///")
+            if x:
+                text = f"{x:.2f}×" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else "")
+                ax.annotate(text, (max(x, ci[1]) if ci else x, bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=7)
     ax.axvline(1.0, color="black", linewidth=0.8)
-    _hbar_labels(ax, [v.name(multi) for v in chosen])
+    _hbar_labels(ax, [v.name(multi) + (" (noisy)" if _speedup_noisy(v) else "") for v in chosen])
     ax.set_xlabel("speedup (× faster, p50 at batch 1 unless only larger batches were measured)")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("speedup", fontsize=10)
@@ -421,62 +265,34 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _f(x: float | None, fmt: str, suffix: str = "") -> str:
-    return NA if x is None else format(x, fmt) + suffix
+HTML_HEADERS = tuple(c.header for c in shown(COLUMNS, HTML))  # the table's columns (single-machine page)
 
 
-def _at(values: dict[int, float], batch: int | None, fmt: str) -> str:
-    if batch is None or batch not in values:
-        return NA
-    text = format(values[batch], fmt)
-    return text if batch == 1 else f"{text} (b{batch})"
-
-
-HTML_HEADERS = (
-    "artifact", "runtime/device", "precision", "status", "size MB", "gzip MB", "load ms", "first inference ms",
-    "p50 ms", "p99 ms", "p50 95% CI ms", "items/s", "async items/s", "accuracy %", "Δacc pts", "top-1 agree %",
-    "speedup vs eager", "speedup vs fp32", "peak RSS MB", "energy J/inference", "notes",
-)
-
-
-def _cells(v: RowView) -> list[str]:
-    """Display cells in ``HTML_HEADERS`` order: the status column holds the state, its reason goes to notes."""
-    b = v.batch
-    best = max(v.throughput) if v.throughput else None
-    best_async = max(v.async_throughput) if v.async_throughput else None
-    ci = v.ci.get(b) if b is not None else None
-    failed = v.state == "failed"
-    reason = v.status.split(":", 1)[1].strip() if ":" in v.status else ""
-    return [
-        v.label, f"{v.runtime}/{v.device}", v.precision, v.state,
-        NA if failed or not v.size else f"{v.size / 1e6:.2f}",
-        NA if failed or not v.gzip else f"{v.gzip / 1e6:.2f}",
-        _f(v.load_ms, ".1f"), _f(v.first_ms, ".2f"),
-        _at(v.p50, b, ".3f"), _at(v.p99, b, ".3f"),
-        NA if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}",
-        _at(v.throughput, best, ",.0f"), _at(v.async_throughput, best_async, ",.0f"),
-        _f(None if v.accuracy is None else v.accuracy * 100, ".2f"),
-        _f(None if v.drop is None else 0.0 - v.drop * 100 + 0.0, "+.2f"),
-        _f(None if v.top1 is None else v.top1 * 100, ".2f"),
-        _f(v.speedup_eager, ".2f", "×"), _f(v.speedup_fp32, ".2f", "×"),
-        _f(v.rss_peak, ".1f"), v.energy, "; ".join(t for t in (reason, v.notes) if t),
-    ]
-
-
-_TEXT_COLUMNS = {"machine": "name", "artifact": "name", "runtime/device": "name", "precision": "name",
-                 "status": "status", "energy J/inference": "text", "notes": "notes"}
+def _td(column: Any, view: RowView) -> str:
+    """One cell: escaped; long notes collapse to their first words (a click shows the rest); a noisy p50 flagged."""
+    text = column.cell(view, NA)
+    cls = column.role or ("text" if column.align == "left" else "")
+    attr = f' class="{cls}"' if cls else ""
+    if column.role == "notes" and len(text) > _NOTES_OPEN:
+        head = text[:_NOTES_OPEN].rsplit(" ", 1)[0]
+        rest = text[len(head):]
+        return f"<td{attr}><details><summary>{_e(head)}…</summary>{_e(rest)}</details></td>"
+    body = _e(text)
+    if text.endswith(" (noisy)"):
+        body = _e(text[: -len(" (noisy)")]) + ' <span class="flag">noisy</span>'
+    return f"<td{attr}>{body}</td>"
 
 
 def _table(views: list[RowView], multi: bool) -> str:
-    head = (["machine"] if multi else []) + list(HTML_HEADERS)
-    classes = [f' class="{_TEXT_COLUMNS[h]}"' if h in _TEXT_COLUMNS else "" for h in head]
+    columns = shown(COLUMNS, HTML)
+    head = (["machine"] if multi else []) + [c.header for c in columns]
     out = ['<div class="scroll"><table id="results"><thead><tr>'
            + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for v in views:
-        state = v.state if v.state in _STATES else "other"
-        cells = ([v.machine] if multi else []) + _cells(v)
-        out.append(f'<tr class="result-row {state}">'
-                   + "".join(f"<td{cls}>{_e(c)}</td>" for cls, c in zip(classes, cells, strict=True)) + "</tr>")
+        state = str(v.state) if str(v.state) in _STATES else "other"
+        machine = [f'<td class="name">{_e(v.machine)}</td>'] if multi else []
+        out.append(f'<tr class="result-row {state}">' + "".join(machine) + "".join(_td(c, v) for c in columns)
+                   + "</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
 
@@ -524,15 +340,19 @@ def _figure_html(fig_id: str, title: str, png: str | None, caption: str, missing
 _STYLE = """
 body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:24px;color:#222;max-width:1600px}
 h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.2em;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 6px}
-#results th{background:#f0f0f0;position:sticky;top:0} #results td{text-align:right;white-space:nowrap}
-#results td.name{text-align:left} #results td.text{text-align:left;white-space:normal;max-width:200px}
-#results td.notes{text-align:left;white-space:normal;min-width:260px;max-width:520px;font-size:11px}
+table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 5px}
+#results{width:100%;font-size:11.5px} #results th{background:#f0f0f0;position:sticky;top:0;vertical-align:bottom}
+#results td{text-align:right} #results td.name{text-align:left;overflow-wrap:anywhere;min-width:7em}
+#results td.text{text-align:left}
+#results td.notes{text-align:left;overflow-wrap:anywhere;min-width:12em;max-width:26em;font-size:11px}
+#results td.notes summary{cursor:pointer} #results td.notes details[open] summary{margin-bottom:2px}
 #results td.status{text-align:left;font-weight:600} tr.ok td.status{color:#137333} tr.failed td.status{color:#c5221f}
 tr.unavailable td.status{color:#b06000} tr.invalid td.status{color:#a142f4} tr.failed,tr.unavailable{background:#fafafa}
+tr.failed td,tr.unavailable td{color:#777} .flag{background:#fde7c8;color:#8a4b00;border-radius:3px;padding:0 3px;
+font-size:10px;font-weight:600;white-space:nowrap}
 .warnings{background:#fff4e5;border:1px solid #f0a040;padding:8px 14px;margin:12px 0}
-.kv th{text-align:left;background:#f7f7f7;font-weight:normal} .kv td{font-family:monospace}
-.machine{display:inline-block;vertical-align:top;margin-right:24px} img.plot{max-width:100%}
+.kv th{text-align:left;background:#f7f7f7;font-weight:normal} .kv td{font-family:monospace;overflow-wrap:anywhere}
+.machine{display:inline-block;vertical-align:top;margin-right:24px;max-width:100%} img.plot{max-width:100%}
 .scroll{overflow-x:auto} .missing{color:#777} .meta,.summary{margin:2px 0;font-size:13px}
 figcaption{font-size:12px;color:#555}
 """
@@ -544,14 +364,13 @@ def render_html(report: Comparison | BenchResults) -> str:
 
     comparison = single(report) if isinstance(report, BenchResults) else report
     multi = comparison.multi
-    views = [row_view(run.name, row) for run, row in comparison.rows()]
-    add_speedups(views)
+    views = comparison_views(comparison)
     with rc_context({"text.usetex": False}):
         pareto = pareto_figure(views, multi)
         sizes = size_figure(views, multi)
         speed = speedup_figure(views, multi)
         thr = throughput_figure(views, multi)
-    models = sorted({str(_dict(run.source.get("model")).get("arch") or "") for run in comparison.runs} - {""})
+    models = sorted({str((run.source.get("model") if isinstance(run.source.get("model"), dict) else {}).get("arch") or "") for run in comparison.runs} - {""})
     title = "modelport cross-device comparison" if multi else "modelport benchmark report"
     subtitle = (f"{len(comparison.runs)} machines: " + ", ".join(r.name for r in comparison.runs)) if multi else (
         environment_summary(comparison.runs[0].environment))
@@ -573,15 +392,18 @@ def render_html(report: Comparison | BenchResults) -> str:
     parts += [
         '<section id="table"><h2>Results</h2>',
         _table(views, multi),
-        '<p class="meta">Latency at batch 1 unless (bN) says; items/s at the largest batch measured; Δacc = accuracy '
-        "− FP32 reference; speedups compare p50 latency on the same machine; n/a = not measured or not recorded by "
-        "the runner that wrote the file.</p></section>",
+        ('<p class="meta">Latency at batch 1 unless (bN) says; items/s at the largest batch of the run unless (bN) '
+         "says; noisy = the latency varied by more than 10 % (compare with care); accuracy on n samples; Δacc = "
+         "accuracy − FP32 reference; speedups compare p50 latency on the same machine; long notes open with a "
+         "click; n/a = not measured or not recorded by the runner that wrote the file.</p></section>"),
         _figure_html("plot-pareto", "Accuracy vs latency", pareto,
                      "Each point is an artifact (colour: runtime, marker: precision); the dashed line is the Pareto "
                      "front: nothing is both faster and more accurate than a point on it.",
                      "n/a: no artifact has both a latency and an accuracy."),
         _figure_html("plot-speedup", "Speedup", speed,
-                     "p50 latency of the baseline divided by the artifact's; above 1× is faster.",
+                     "p50 latency of the baseline divided by the artifact's; above 1× is faster. Whiskers: the "
+                     "ratio's interval from both rows' 95 % median intervals. Reliable figures first; rows from noisy "
+                     "runs (CV over 10 %) follow, hatched and marked (noisy).",
                      "n/a: no baseline (eager PyTorch or an FP32 artifact) was measured beside the artifacts."),
         _figure_html("plot-size", "Size", sizes, "Bytes on disk, and after gzip -6 (what a download costs).",
                      "n/a: no artifact size recorded."),

@@ -15,15 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelport.backends import compared_packages, package_versions
 from modelport.benchmark.results import SCHEMA, SCHEMA_VERSION, ArtifactResult, BenchResults
 from modelport.core.files import atomic_write_text
 from modelport.errors import InputError, ManifestError
 
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
-# Versions compared across machines; a difference is warned about (None = not installed there, also a difference).
-COMPARED_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "nncf")
-# Compared only where both machines have it (a CPU-only machine has no TensorRT, and that is no surprise).
-COMPARED_IF_PRESENT = ("tensorrt",)
+
+
+def compared_if_present() -> tuple[str, ...]:
+    """Recorded packages compared only where both machines have them (a CPU-only machine has no TensorRT, and that
+    is no surprise): every package the backends table records that ``compared_packages()`` does not always compare.
+    """
+    always = compared_packages()
+    return tuple(name for name in package_versions() if name not in always)
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,10 @@ def version_warnings(runs: Sequence[MachineRun]) -> list[str]:
     if len(runs) < 2:
         return []
     out = []
-    for pkg in (*COMPARED_PACKAGES, *COMPARED_IF_PRESENT):
+    if_present = compared_if_present()
+    for pkg in (*compared_packages(), *if_present):
         versions = {run.name: run.packages().get(pkg) for run in runs}
-        if pkg in COMPARED_IF_PRESENT:
+        if pkg in if_present:
             versions = {k: v for k, v in versions.items() if v is not None}
         if len({str(v) for v in versions.values()}) > 1:
             listed = ", ".join(f"{name}: {v if v is not None else 'not installed'}" for name, v in versions.items())
@@ -207,29 +213,40 @@ def environment_summary(env: dict[str, Any]) -> str:
     names = [str(g.get("name")) for g in gpus if isinstance(g, dict) and g.get("name")]
     if names:
         parts.append("GPU " + ", ".join(names))
-    parts.append(", ".join(f"{k} {pk[k]}" for k in (*COMPARED_PACKAGES, *COMPARED_IF_PRESENT) if pk.get(k)))
+    parts.append(", ".join(f"{k} {pk[k]}" for k in (*compared_packages(), *compared_if_present()) if pk.get(k)))
     return "; ".join(p for p in parts if p)
+
+
+def comparison_views(comparison: Comparison, *, machine_in_label: bool = False) -> list[Any]:
+    """Every machine's rows as checked ``RowView``s (each with its machine's largest batch and sample count), with
+    speedups computed within each machine; ``machine_in_label`` prefixes labels with the machine when several."""
+    from modelport.reporting.columns import add_speedups, largest_batch_of, row_view
+
+    views = [row_view(run.name, row, largest_batch=largest_batch_of(run.config, run.rows),
+                      eval_samples=run.source.get("eval_samples")) for run, row in comparison.rows()]
+    add_speedups(views)
+    if machine_in_label and comparison.multi:
+        for v in views:
+            v.label = v.name(True)
+    return views
 
 
 def write_markdown(comparison: Comparison, path: Path) -> Path:
     """A GitHub table of every machine's rows, the warnings, and one environment line per machine."""
-    from modelport.reporting.report import HEADERS, largest_batch, row_cells
+    from modelport.core.text import md_cell
+    from modelport.reporting.columns import COLUMNS, markdown_table
 
-    def md(text: str) -> str:  # no raw HTML from a results file in a page that renders Markdown
-        return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
-
-    results = comparison.to_bench_results()
+    views = comparison_views(comparison, machine_in_label=True)
     out = ["# modelport cross-device comparison", ""]
     if comparison.warnings:
-        out += [f"> **warning:** {md(w)}" for w in comparison.warnings] + [""]
-    out += ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    largest = largest_batch(results)
-    out += ["| " + " | ".join(md(c) for c in row_cells(row, largest_batch=largest)) + " |" for row in results.rows]
-    out += ["", f"p50/p99 at batch 1 and items/s at batch {largest} unless (bN) says.", "", "## Machines", ""]
+        out += [f"> **warning:** {md_cell(w)}" for w in comparison.warnings] + [""]
+    out += markdown_table(COLUMNS, views)
+    out += ["", "p50/p99 at batch 1 and items/s at each machine's largest batch unless (bN) says.", "", "## Machines",
+            ""]
     for run in comparison.runs:
         created = run.data.get("created") or "?"
-        out.append(f"- **{md(run.name)}** ({md(run.path)}, measured {md(str(created))}): "
-                   f"{md(environment_summary(run.environment))}")
+        out.append(f"- **{md_cell(run.name)}** ({md_cell(run.path)}, measured {md_cell(created)}): "
+                   f"{md_cell(environment_summary(run.environment))}")
     path = Path(path)
     atomic_write_text(path, "\n".join(out) + "\n")
     return path

@@ -1,7 +1,8 @@
 """Reports of a benchmark run: a rich table for the terminal, CSV, Markdown (JSON lives in ``results``).
 
-Rows that are not ``ok`` show their status and dashes, never numbers. ``warnings_for`` states the uncomfortable
-facts (an INT8 artifact slower or no smaller than its FP32 sibling) instead of hiding them.
+Which columns exist, and how each is read and formatted, is the column table's business (``columns.py``); this
+module lays them out. Rows that are not ``ok`` show their status and dashes, never numbers. ``warnings_for`` states
+the uncomfortable facts (an INT8 artifact slower or no smaller than its FP32 sibling) instead of hiding them.
 """
 
 from __future__ import annotations
@@ -11,23 +12,36 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.benchmark.results import ArtifactResult, BenchResults
+from modelport.benchmark.results import VALIDATED_ON_CPU, ArtifactResult, BenchResults, functional_check_only
 from modelport.core.files import atomic_write_text
+from modelport.core.text import clean_text, md_cell, safe_text
+from modelport.reporting.columns import (
+    COLUMNS,
+    DASH,
+    MARKDOWN,
+    NAME_WIDTH,
+    Column,
+    _energy_measured,
+    csv_table,
+    largest_batch_of,
+    markdown_table,
+    num,
+    row_view,
+    shown,
+    terminal_table,
+    views_of,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-DASH = "—"
-HEADERS = (
-    "artifact", "runtime/device", "precision", "status", "size MB", "gzip MB", "load ms", "p50 ms", "p99 ms",
-    "items/s", "mJ/inf", "accuracy %", "Δacc pts", "top-1 agree %", "max abs diff", "warnings",
-)
-# Shorter headers for the terminal table only, so it fits 140 columns (files keep the full names).
-_SHORT = {"accuracy %": "acc %", "top-1 agree %": "agree %", "max abs diff": "max |Δ|"}
+    from modelport.reporting.merge import Comparison
+
+__all__ = ["DASH", "HEADERS", "VALIDATED_ON_CPU", "render_conversion", "render_table", "row_cells", "warnings_for",
+           "write_csv", "write_markdown"]
 _NOT_FASTER = "not faster than fp32"
 _NOT_SMALLER = "not smaller than fp32"
-_STATUS_STYLE = {"ok": "green", "failed": "red", "unavailable": "yellow", "invalid": "magenta"}
 
 
 # ---------------------------------------------------------------- warnings
@@ -75,83 +89,20 @@ def warnings_for(results: BenchResults) -> None:
 # ---------------------------------------------------------------- cells
 
 
-def _mb(n: int | None) -> str:
-    return DASH if not n else f"{n / 1e6:.2f}"
+HEADERS = tuple(c.header for c in shown(COLUMNS, MARKDOWN))  # the Markdown table's columns, in order
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return DASH if x is None else format(x, fmt)
+def row_cells(row: ArtifactResult, *, largest_batch: int | None = None, eval_samples: Any = None) -> list[str]:
+    """The display cells of one row, in ``HEADERS`` order (what the Markdown table shows).
 
-
-def _with_batch(text: str, batch: int | None, usual: int | None) -> str:
-    return text if batch is None or batch == usual or text == DASH else f"{text} (b{batch})"
-
-
-def _best_async(row: ArtifactResult) -> tuple[float, int] | None:
-    """(items/s, batch) of the throughput-mode window with the most items per second, if any was measured."""
-    best = max(((t.items_per_second, b) for b, t in row.async_throughput.items()), default=None)
-    return best
-
-
-def _energy_mj(row: ArtifactResult, batch: int | None) -> str:
-    """Millijoules per inference at ``batch`` where the counters were readable; ``n/a`` where they were not."""
-    rec = row.energy.get(batch) if batch is not None else None
-    if not rec:
-        return DASH
-    value = rec.get("joules_per_inference")
-    return format(value * 1e3, ".3g") if rec.get("status") == "ok" and value is not None else "n/a"
-
-
-def row_cells(row: ArtifactResult, *, largest_batch: int | None = None) -> list[str]:
-    """The display cells of one row, in ``HEADERS`` order.
-
-    items/s is the throughput-mode figure (marked ``async``) when one was measured, else the latency loop's at the
-    largest batch; a batch other than ``largest_batch`` is named."""
-    state = row.state
-    size_known = state != "failed"
-    cells = [
-        row.label,
-        f"{row.runtime}/{row.device}",
-        row.precision,
-        row.status,
-        _mb(row.size_bytes) if size_known else DASH,
-        _mb(row.gzip_bytes) if size_known else DASH,
-    ]
-    if not row.ok:
-        return [*cells, *([DASH] * 9), "; ".join(row.notes)]
-    b = _latency_batch(row)
-    lat = row.latency.get(b) if b is not None else None
-    big = max(row.throughput) if row.throughput else None
-    agreement = row.agreement or {}
-    top1 = agreement.get("top1_agreement")
-    max_abs = agreement.get("max_abs_diff")
-    cells += [
-        _num(row.load_ms, ".1f"),
-        _with_batch(_num(lat.p50 if lat else None, ".3f"), b, 1),
-        _with_batch(_num(lat.p99 if lat else None, ".3f"), b, 1),
-        _items_per_second(row, big, largest_batch),
-        _energy_mj(row, b),
-        _num(None if row.accuracy is None else row.accuracy * 100, ".2f"),
-        _num(None if row.accuracy_drop is None else 0.0 - row.accuracy_drop * 100 + 0.0, "+.2f"),  # no "-0.00"
-        _num(None if top1 is None else float(top1) * 100, ".2f"),
-        _num(None if max_abs is None else float(max_abs), ".2e"),
-        "; ".join(row.notes),
-    ]
-    return cells
-
-
-def _items_per_second(row: ArtifactResult, big: int | None, largest_batch: int | None) -> str:
-    best = _best_async(row)
-    if best is not None:
-        ips, b = best
-        return f"{ips:,.0f} (async" + ("" if b == largest_batch else f" b{b}") + ")"
-    return _with_batch(_num(row.throughput.get(big) if big is not None else None, ",.0f"), big, largest_batch)
+    Rows that are not ``ok`` show their state and dashes, never numbers; the reason is in the notes cell."""
+    view = row_view("", row.to_dict(), largest_batch=largest_batch, eval_samples=eval_samples)
+    return [c.cell(view) for c in shown(COLUMNS, MARKDOWN)]
 
 
 def largest_batch(results: BenchResults) -> int | None:
     """The largest batch size the run asked for (the batch items/s is quoted at)."""
-    sizes = (results.config or {}).get("batch_sizes") or _batches(results)
-    return max(sizes) if sizes else None
+    return largest_batch_of(results.config, [r.to_dict() for r in results.rows])
 
 
 def _title(results: BenchResults) -> str:
@@ -162,130 +113,131 @@ def _title(results: BenchResults) -> str:
     return "modelport benchmark" + (f" — {', '.join(parts)}" if parts else "")
 
 
+def _legend(largest: int | None, left_out: list[Column], energy_shown: bool) -> str:
+    parts = []
+    if largest:
+        parts.append(f"p50/p99 at batch 1, items/s at batch {largest} unless (bN) says")
+    parts.append("acc = top-1 accuracy on n samples")
+    if not energy_shown:
+        parts.append("energy: n/a (no readable power counters)")
+    if left_out:
+        parts.append(f"{len(left_out)} more columns in results.md / results.csv or a wider terminal")
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------- renderers
 
 
-_COMPACT_DROP = ("runtime/device", "precision", "gzip MB", "max abs diff", "mJ/inf")
-_NARROW_DROP = ("load ms", "p99 ms", "Δacc pts", "top-1 agree %", "warnings")  # below 110 columns
+def _views(results: "BenchResults | Comparison") -> list[Any]:
+    if isinstance(results, BenchResults):
+        return views_of(results)
+    from modelport.reporting.merge import comparison_views
+
+    return comparison_views(results, machine_in_label=True)
 
 
-def render_table(results: BenchResults, console: "Console | None" = None, *, compact: bool | None = None) -> "Table":
-    """A rich table of every row; printed to ``console`` too when one is given.
+def render_table(
+    results: "BenchResults | Comparison", console: "Console | None" = None, *, width: int | None = None
+) -> "Table":
+    """A rich table of every row, laid out for the console's width (``COLUMNS``); printed when a console is given.
 
-    ``compact`` (default: when the console is narrower than 150 columns) leaves out runtime/device, gzip size and
-    max abs diff so the table stays readable in an 80-column terminal; the files written keep every column."""
-    from rich.table import Table
+    The column table decides what a narrow terminal leaves out (the legend names it); names fold instead of being
+    cut; each reason and long note is printed once as a numbered footnote. The files keep every column. A
+    ``Comparison`` of several machines shows each row under its machine's name, speedups within each machine."""
+    from rich.text import Text
 
-    if compact is None:
-        compact = console is not None and console.width < 150
-
-    largest = largest_batch(results)
-    measured_energy = any(_energy_mj(r, b) not in (DASH, "n/a") for r in results.rows for b in r.energy)
-    table = Table(title=_title(results))
-    narrow = console is not None and console.width < 110
-    drop = (set(_COMPACT_DROP if compact else ()) | (set() if measured_energy else {"mJ/inf"})
-            | (set(_NARROW_DROP) if narrow else set()))
-    shown = [i for i, h in enumerate(HEADERS) if h not in drop]
-    for h in (HEADERS[i] for i in shown):
-        numeric = h not in {"artifact", "runtime/device", "precision", "status", "warnings"}
-        min_width = {"artifact": 20, "status": 13 if narrow else 16, "warnings": 7}.get(h)
-        table.add_column(_SHORT.get(h, h) if compact else h, justify="right" if numeric else "left",
-                         overflow="fold", min_width=min_width)
-    footnotes: list[str] = []
-    for row in results.rows:
-        cells = row_cells(row, largest_batch=largest)
-        style = _STATUS_STYLE.get(row.state, "")
-        status = cells[3]
-        if ":" in status:  # long reasons go under the table so columns stay readable in 80-column terminals
-            footnotes.append(status)
-            status = f"{row.state} [{len(footnotes)}]"
-        notes = cells[-1]
-        if narrow and notes:  # no warnings column: the note becomes a footnote marked in the status cell
-            footnotes.append(f"{row.label}: {notes}")
-            status = f"{status} [{len(footnotes)}]"
-            notes = ""
-        if len(notes) > 40:
-            footnotes.append(f"{row.label}: {notes}")
-            notes = f"see [{len(footnotes)}]"
-        cells[3] = f"[{style}]{_escape(status)}[/{style}]" if style else _escape(status)
-        cells[-1] = f"[yellow]{_escape(notes)}[/yellow]" if notes else ""
-        cells[0] = _escape(cells[0])
-        table.add_row(*(cells[i] for i in shown))
-    legend = (f"p50/p99 at batch 1, items/s at batch {largest} unless (bN) says" if largest else "")
-    if not measured_energy:
-        legend += "; energy: n/a (no readable power counters)"
-    if narrow:
-        legend = legend.replace("p50/p99", "p50") + "; acc = top-1 accuracy; widen the terminal for more columns"
-    elif compact:
-        legend += "; acc = top-1 accuracy, agree = top-1 agreement with the reference"
+    views = _views(results)
+    if not isinstance(results, BenchResults):
+        results = results.to_bench_results()
+    width = width or (console.width if console is not None else 200)
+    laid = terminal_table(COLUMNS, views, width=width, title=_title(results), status_of=lambda v: v.status,
+                          notes_of=lambda v: v.notes)
+    energy_shown = any(_energy_measured(v) for v in views) and not any(
+        c.key.startswith("joules") for c in laid.left_out)
+    legend = _legend(largest_batch(results), laid.left_out, energy_shown)
+    notes = [f"[{i}] {clean_text(line)}" for i, line in enumerate(laid.footnotes, 1)]
     if console is not None:
-        from rich.text import Text
-
-        console.print(table)
-        console.print(Text(legend, style="dim"))
-        for i, line in enumerate(footnotes, 1):  # printed as wrapped text: a table caption would be cropped
-            console.print(Text(f"[{i}] {line}"))
+        console.print(laid.table)
+        console.print(Text(clean_text(legend), style="dim"))
+        for line in notes:  # printed as wrapped text: a table caption would be cropped
+            console.print(Text(line))
     else:
-        table.caption = _escape("\n".join([legend, *(f"[{i}] {line}" for i, line in enumerate(footnotes, 1))]))
-        table.caption_justify = "left"
+        laid.table.caption = safe_text("\n".join([legend, *notes]))
+        laid.table.caption_justify = "left"
+    return laid.table
+
+
+def render_conversion(result: Any, console: "Console", *, width: int | None = None) -> "Table":
+    """The convert summary: one row per artifact (name never cut), accuracy with its sample count, and each
+    failure or unavailability reason printed once as a footnote. ``result`` is a pipeline ``ConvertResult``."""
+    from rich.table import Table
+    from rich.text import Text
+
+    width = width or console.width
+    table = Table(title=safe_text(f"artifacts in {result.out_dir}"))
+    names = [_artifact_name(a) for a in result.artifacts]
+    table.add_column("artifact", overflow="fold", min_width=min(max(map(len, names), default=8), NAME_WIDTH))
+    if width >= 100:
+        table.add_column("format", overflow="fold")
+        table.add_column("precision", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("accuracy %", justify="right", overflow="fold")
+    table.add_column("status", overflow="fold")
+    footnotes: dict[str, int] = {}
+    reference_accuracy = result.manifest.dataset.get("reference_accuracy")
+    for art, name in zip(result.artifacts, names, strict=True):
+        status, colour = _conversion_status(art)
+        if ":" in status:
+            word, reason = status.split(":", 1)
+            status = f"{word} [{footnotes.setdefault(status.strip(), len(footnotes) + 1)}]"
+        cells = [safe_text(name)]
+        if width >= 100:
+            cells += [safe_text(art.format), safe_text(art.precision)]
+        cells += [f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-",
+                  _conversion_accuracy(art, reference_accuracy), f"[{colour}]{safe_text(status)}[/{colour}]"]
+        table.add_row(*cells)
+    console.print(table)
+    for text, i in footnotes.items():
+        console.print(Text(f"[{i}] {clean_text(text)}"))
     return table
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+def _artifact_name(art: Any) -> str:
+    return f"{art.profile}/{art.precision}" if art.profile else str(art.format)
 
 
-def _batches(results: BenchResults) -> list[int]:
-    return sorted({b for r in results.rows for b in (*r.latency, *r.throughput, *r.async_throughput)})
+def _conversion_accuracy(art: Any, reference_accuracy: float | None) -> str:
+    validation = art.details.get("validation") or {}
+    acc = validation.get("accuracy")
+    if acc is None and art.profile is None and art.ok:  # the reference and its validated export
+        acc = reference_accuracy
+    acc = num(acc)
+    if acc is None or not art.ok or not 0 <= acc <= 1:
+        return "-"
+    n = num(validation.get("samples"))
+    return f"{acc * 100:.2f}" + ("" if n is None else f" (n={int(n)})")
 
 
-def write_csv(results: BenchResults, path: Path) -> Path:
-    """One line per row, flat columns; every measured batch gets its own p50/p90/p99/mean/n/throughput columns."""
-    batches = _batches(results)
-    head = [
-        "label", "profile", "runtime", "device", "format", "precision", "status", "size_bytes", "gzip_bytes",
-        "load_ms", "first_inference_ms", "accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff",
-        "max_rel_diff", "cosine", "rss_before_load_mb", "rss_after_load_mb", "rss_peak_mb", "threads",
-    ]
-    for b in batches:
-        head += [f"p50_ms_b{b}", f"p90_ms_b{b}", f"p99_ms_b{b}", f"mean_ms_b{b}", f"n_b{b}", f"items_per_s_b{b}",
-                 f"async_items_per_s_b{b}", f"joules_per_inference_b{b}"]
-    head += ["notes", "path", "sha256"]
+def _conversion_status(art: Any) -> tuple[str, str]:
+    """The status as people should read it, and its colour. A row whose target device is absent but that ran
+    on CPU instead says so: "validated on CPU (functional check)", not a bare "validated"."""
+    text = clean_text(art.status_text)
+    if str(art.status) == "validated" and functional_check_only(art):
+        text = VALIDATED_ON_CPU
+    colour = "green" if art.ok else ("yellow" if str(art.status) == "unavailable" else "red")
+    return text, colour
+
+
+def write_csv(results: "BenchResults | Comparison", path: Path) -> Path:
+    """One line per row, flat raw columns; every measured batch gets its own p50/p90/p99/mean/n/items/s columns.
+    A cell that a spreadsheet would run as a formula (``=…``, ``@…``) is prefixed with ``'``."""
+    views = _views(results)
+    batches = sorted({b for v in views for b in (*v.stats, *v.throughput, *v.async_throughput, *v.energy)})
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(head)
-    for r in results.rows:
-        ag: dict[str, Any] = r.agreement or {}
-        mem = r.memory or {}
-        line: list[Any] = [
-            r.label, r.profile or "", r.runtime, r.device, r.format, r.precision, r.status, r.size_bytes,
-            _blank(r.gzip_bytes), _blank(r.load_ms), _blank(r.first_inference_ms), _blank(r.accuracy),
-            _blank(r.accuracy_drop), _blank(ag.get("top1_agreement")), _blank(ag.get("max_abs_diff")),
-            _blank(ag.get("max_rel_diff")), _blank(ag.get("cosine")), _blank(mem.get("rss_before_load_mb")),
-            _blank(mem.get("rss_after_load_mb")), _blank(mem.get("rss_peak_mb")), _blank(r.threads),
-        ]
-        for b in batches:
-            s = r.latency.get(b)
-            t = r.async_throughput.get(b)
-            line += [_blank(s and s.p50), _blank(s and s.p90), _blank(s and s.p99), _blank(s and s.mean),
-                     _blank(s and s.n), _blank(r.throughput.get(b)), _blank(t and t.items_per_second),
-                     _blank((r.energy.get(b) or {}).get("joules_per_inference"))]
-        line += ["; ".join(r.notes), r.path, r.sha256]
-        writer.writerow(line)
+    csv.writer(buf, lineterminator="\n").writerows(csv_table(COLUMNS, views, batches))
     path = Path(path)
     atomic_write_text(path, buf.getvalue())
     return path
-
-
-def _blank(x: Any) -> Any:
-    return "" if x is None else x
-
-
-def _md(text: str) -> str:
-    """A table cell: pipes escaped, one line, no raw HTML (labels and notes can come from user files)."""
-    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _environment_lines(env: dict[str, Any]) -> list[str]:
@@ -315,30 +267,34 @@ def _environment_lines(env: dict[str, Any]) -> list[str]:
 
 def write_markdown(results: BenchResults, path: Path) -> Path:
     """A GitHub table of the rows, the notes, and the environment the numbers belong to."""
-    out = [f"# {_title(results)}", ""]
+    out = [f"# {md_cell(_title(results))}", ""]
     if results.created:
-        out += [f"Created {results.created}.", ""]
-    out += ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    largest = largest_batch(results)
-    for row in results.rows:
-        out.append("| " + " | ".join(_md(c) for c in row_cells(row, largest_batch=largest)) + " |")
-    out += ["", f"p50/p99 at batch 1, items/s at batch {largest} unless (bN) says (async = throughput mode); "
-            "mJ/inf = energy per inference where power counters are readable; Δacc = accuracy − reference.", ""]
+        out += [f"Created {md_cell(results.created)}.", ""]
+    out += markdown_table(COLUMNS, views_of(results))
+    out += ["", MARKDOWN_LEGEND.format(largest=largest_batch(results)), ""]
     cfg = results.config or {}
     if cfg:
         timing = cfg.get("timing") or {}
         out += [
             "## Configuration",
             "",
-            f"- batch sizes: {cfg.get('batch_sizes')}; threads: {cfg.get('threads')}; eval batch "
-            f"{cfg.get('eval_batch_size')}, limit {cfg.get('eval_limit')}",
-            "- timing: " + ", ".join(f"{k}={v}" for k, v in timing.items()),
+            f"- batch sizes: {md_cell(cfg.get('batch_sizes'))}; threads: {md_cell(cfg.get('threads'))}; eval batch "
+            f"{md_cell(cfg.get('eval_batch_size'))}, limit {md_cell(cfg.get('eval_limit'))}",
+            "- timing: " + ", ".join(f"{md_cell(k)}={md_cell(v)}" for k, v in timing.items()),
             "",
         ]
     src = results.source or {}
     if src:
-        out += ["## Source", ""] + [f"- {k}: {_md(str(v))}" for k, v in src.items() if not isinstance(v, dict)] + [""]
-    out += ["## Environment", "", *_environment_lines(results.environment or {}), ""]
+        out += ["## Source", ""] + [f"- {md_cell(k)}: {md_cell(v)}" for k, v in src.items() if not isinstance(v, dict)]
+        out += [""]
+    out += ["## Environment", "", *(md_cell(line) for line in _environment_lines(results.environment or {})), ""]
     path = Path(path)
     atomic_write_text(path, "\n".join(out))
     return path
+
+
+MARKDOWN_LEGEND = (
+    "p50/p99 at batch 1, items/s at batch {largest} unless (bN) says; async = throughput mode; (noisy) = the "
+    "latency varied by more than 10 % (compare with care); mJ/inf = energy per inference where power counters are "
+    "readable; accuracy on n samples; Δacc = accuracy − reference; speedups compare p50 on the same machine."
+)
