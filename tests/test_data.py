@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelport.core.types import TensorSpec
 from modelport.data import DATASETS, ImageDataset, load_dataset, load_described
 from modelport.data.datasets import CIFAR10_FILES, MNIST_FILES, MNIST_MEAN, MNIST_STD, _to_channels
+from modelport.data.feeds import Feeds, as_feeds
 from modelport.errors import DatasetError, InputError
 
 
@@ -202,3 +204,87 @@ def test_rgb_to_grey_uses_luminance() -> None:
     assert mean == pytest.approx((0.5,)) and std == pytest.approx((0.2,))
     with pytest.raises(InputError, match="1 channel"):
         _to_channels(x, (0.5,) * 3, (0.2,) * 3, 2, "cifar10")
+
+
+# ------------------------------------------------------------------------------- data in its natural forms (issue 10)
+
+IMG = (TensorSpec("input", ("batch", 1, 28, 28)),)
+TEXT = (TensorSpec("input_ids", ("batch", "seq"), "int64"), TensorSpec("attention_mask", ("batch", "seq"), "int64"))
+
+
+def _images(n: int = 10) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
+
+
+def _all(feeds: Feeds, name: str = "input") -> np.ndarray:
+    return np.concatenate([b[name] for b in feeds.batches])
+
+
+@pytest.mark.parametrize("form", ["array", "tensor", "list_of_tensors", "list_of_samples", "list_of_dicts",
+                                  "dict", "float64"])
+def test_every_natural_form_of_single_input_data(form: str) -> None:
+    """Before: a list of tensors raised a raw 'dictionary update sequence element #0' ValueError."""
+    import torch
+
+    x = _images()
+    data = {
+        "array": x,
+        "tensor": torch.from_numpy(x),
+        "list_of_tensors": [torch.from_numpy(x[:4]), torch.from_numpy(x[4:])],
+        "list_of_samples": [torch.from_numpy(s) for s in x],
+        "list_of_dicts": [{"input": x[:5]}, {"input": x[5:]}],
+        "dict": {"input": x},
+        "float64": x.astype(np.float64),
+    }[form]
+    feeds, given = as_feeds(data, IMG, batch_size=4, what="calibration_data")
+    np.testing.assert_array_equal(_all(feeds), x)
+    assert [len(b["input"]) for b in feeds.batches] == [4, 4, 2] and feeds.labels is None
+    assert _all(feeds).dtype == np.float32 and given
+
+
+def test_torch_dataset_and_dataloader_with_labels_give_labelled_feeds() -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _images(), np.arange(10) % 3
+    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    for data in (ds, DataLoader(ds, batch_size=3)):
+        feeds, given = as_feeds(data, IMG, batch_size=4, what="validation_data")
+        np.testing.assert_array_equal(_all(feeds), x)
+        np.testing.assert_array_equal(np.concatenate(feeds.labels), y)
+        assert type(data).__name__ in given
+    few, _ = as_feeds(DataLoader(ds, batch_size=3), IMG, batch_size=4, limit=5)  # stops reading once enough
+    assert few.num_samples == 5
+
+
+def test_multi_input_forms_tuple_pairs_and_dicts() -> None:
+    rng = np.random.default_rng(0)
+    ids, mask = rng.integers(0, 50, (6, 5)), np.ones((6, 5), np.int32)
+    for data in ((ids, mask), [{"attention_mask": mask, "input_ids": ids}], [((ids, mask), np.arange(6))]):
+        feeds, _ = as_feeds(data, TEXT, batch_size=6)
+        np.testing.assert_array_equal(feeds.batches[0]["input_ids"], ids)
+        assert feeds.batches[0]["attention_mask"].dtype == np.int64  # cast within the integer kind
+    varying = [{"input_ids": ids[:, :5], "attention_mask": mask[:, :5]},
+               {"input_ids": ids[:, :3], "attention_mask": mask[:, :3]}]
+    feeds, _ = as_feeds(varying, TEXT, batch_size=4)  # different lengths stay batches of their own
+    assert [b["input_ids"].shape for b in feeds.batches] == [(6, 5), (6, 3)]
+
+
+@pytest.mark.parametrize(("data", "specs", "match"), [
+    # before: "The data has 3 input(s) but the model expects 1"
+    (np.zeros((10, 3, 32, 32), np.float32), IMG, r"samples of shape 3×32×32, but the model takes 1×28×28"),
+    (np.zeros((10, 28, 28), np.float32), IMG, r"samples of shape \(10, 28, 28\) \(rank 3; the model's input has rank 4"),
+    (np.zeros((10, 1, 28, 28), np.uint8), IMG, r"as uint8, but the model takes float32"),
+    ("images/", IMG, r"is a str; it cannot be model inputs"),
+    (42, IMG, r"is a int; it cannot be model inputs"),
+    ([], IMG, r"is empty"),
+    (np.zeros((4, 5), np.int64), TEXT, r"one array, but the model has 2 inputs"),
+    ([{"ids": np.zeros((2, 5), np.int64), "mask": np.zeros((2, 5), np.int64)}], TEXT,
+     r"names inputs ids, mask, but the model's inputs are input_ids, attention_mask"),
+    ([{"input": np.zeros((2, 1, 28, 28), np.float32), "labels": np.zeros(3, np.int64)}], IMG,
+     r"labels of shape \(3,\)"),
+])
+def test_wrong_forms_are_one_paragraph_naming_what_was_given(data: object, specs: tuple, match: str) -> None:
+    with pytest.raises(InputError, match=match) as info:
+        as_feeds(data, specs, batch_size=4, what="calibration_data")
+    assert "calibration_data" in info.value.message and info.value.fix
