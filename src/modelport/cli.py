@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from modelport.core.text import safe_text
 from modelport.errors import InputError, ModelportError
 
 app = typer.Typer(
@@ -29,7 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console(width=None if sys.stdout.isatty() else 140)  # piped output (logs, CI) keeps the table whole
+# piped output (logs, CI) follows $COLUMNS when set, else 140 columns so the table stays whole
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 140)
 err_console = Console(stderr=True)
 _STATE = {"debug": False}
 
@@ -82,6 +84,22 @@ class _Steps:
             if exc[0] is None:
                 self._finish()
             self._status.__exit__(*exc)
+
+
+def _finite(value: float | None) -> float | None:
+    """Typer callback: refuse inf and nan at parse time (``--min-seconds inf`` would time forever)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number; give a plain number such as 1.5.")
+    return value
+
+
+_TRUST_HELP = ("Load files that can run code when loaded (torch.export programs, AOTInductor packages, TensorRT "
+               "engines) although this machine did not produce them and no trusted key signed them: for this run "
+               "only, with a warning naming them. Only for files from someone you trust.")
+_KEY_HELP = ("Public key (.pub) that must have signed the bundle; repeatable. Keys in the trusted-keys folder "
+             "('modelport keys trust') count too.")
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -156,7 +174,7 @@ def train_cmd(
     dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    lr: Annotated[float, typer.Option(min=0.0, callback=_finite)] = 1e-3,
     seed: int = 0,
 ) -> None:
     """Train a registry model briefly (for demos and tests) and save it as safetensors.
@@ -199,8 +217,13 @@ def convert_cmd(
     recipe: Annotated[
         Path | None, typer.Option(help="Compression recipe TOML applied before export (see 'modelport compress').")
     ] = None,
+    int8_mode: Annotated[
+        str | None,
+        typer.Option(help="INT8 kind: static (calibrated, default), weight-only (INT8 weights, no calibration: "
+                     "NNCF compress_weights / ONNX Runtime quantize_dynamic), dynamic (ONNX Runtime only)."),
+    ] = None,
     max_train_seconds: Annotated[
-        float | None, typer.Option(min=0.1, help="Cap on each recipe step's fine-tuning, in seconds.")
+        float | None, typer.Option(min=0.1, callback=_finite, help="Cap on each recipe step's fine-tuning, in seconds.")
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (validated against PyTorch) and lower it for each device profile.
@@ -229,10 +252,12 @@ def convert_cmd(
             overwrite=overwrite,
             recipe=recipe,
             compression_seconds=max_train_seconds,
+            int8_mode=int8_mode,
             progress=steps,
         )
     _print_conversion(result)
     _print_recipe(result)
+    _exit_unless_deployable(result)
 
 
 @app.command(name="compress")
@@ -249,7 +274,7 @@ def compress_cmd(
     ] = None,
     calibration_size: Annotated[int, typer.Option(min=1, help="Samples used to calibrate INT8.")] = 300,
     max_train_seconds: Annotated[
-        float | None, typer.Option(min=0.1, help="Cap on each recipe step's fine-tuning, in seconds.")
+        float | None, typer.Option(min=0.1, callback=_finite, help="Cap on each recipe step's fine-tuning, in seconds.")
     ] = None,
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow loading a pickled module (runs code from the file!).")
@@ -304,16 +329,24 @@ def bench_cmd(
         int | None, typer.Option(min=1, help="Throughput mode: OpenVINO streams / ONNX Runtime sessions (default: runtime's choice).")
     ] = None,
     min_iters: Annotated[int, typer.Option(min=1, help="Minimum timed iterations per batch size.")] = 30,
-    min_seconds: Annotated[float, typer.Option(min=0.0, help="Minimum timed seconds per batch size.")] = 1.0,
+    min_seconds: Annotated[
+        float, typer.Option(min=0.0, callback=_finite, help="Minimum timed seconds per batch size.")
+    ] = 1.0,
     warmup_iters: Annotated[int, typer.Option(min=0, help="Warm-up iterations (excluded) per batch size.")] = 5,
-    warmup_seconds: Annotated[float, typer.Option(min=0.0, help="Minimum warm-up seconds per batch size.")] = 0.2,
+    warmup_seconds: Annotated[
+        float, typer.Option(min=0.0, callback=_finite, help="Minimum warm-up seconds per batch size.")
+    ] = 0.2,
     eval_limit: Annotated[int | None, typer.Option(min=1, help="Evaluate accuracy on at most this many samples.")] = None,
     isolate: Annotated[
         bool, typer.Option("--isolate/--no-isolate", help="One fresh subprocess per artifact (--no-isolate: in-process, for debugging).")
     ] = True,
-    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one isolated artifact may take before it is killed.")] = 600.0,
+    timeout: Annotated[
+        float, typer.Option(min=1.0, callback=_finite, help="Seconds one isolated artifact may take before it is killed.")
+    ] = 600.0,
     dataset_root: Annotated[Path | None, typer.Option(help="Where the dataset lives on this machine.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write results (default: FOLDER).")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help=_TRUST_HELP)] = False,
+    trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help=_KEY_HELP)] = None,
 ) -> None:
     """Benchmark every artifact in its native runtime; write results.json/csv/md and report.html.
 
@@ -337,7 +370,13 @@ def bench_cmd(
         artifact_timeout=timeout,
     )
     with BenchProgress(err_console) as bars:
-        results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=bars)
+        if trust:
+            err_console.print("[yellow]warning:[/yellow] --trust: files that can run code when loaded are loaded for "
+                              "this run although nothing on this machine vouches for them (named below)")
+        results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=bars,
+                        trust=trust, trusted_keys=trusted_key or ())
+    for warning in (results.source.get("trust") or {}).get("warnings") or []:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     render_table(results, console)
     where = out or folder
     if out is None and folder.is_file():  # a bundle archive: results go beside it, not into it
@@ -375,17 +414,17 @@ def report_cmd(
             fix="give --html, --md and --csv distinct new paths.",
         )
     comparison = merge(results, names=name)
-    render_table(comparison.to_bench_results(), console)
+    render_table(comparison, console)
     for run in comparison.runs:
-        console.print(f"[bold]{escape(run.name)}[/bold]: {escape(environment_summary(run.environment))}")
+        console.print(f"[bold]{safe_text(run.name)}[/bold]: {safe_text(environment_summary(run.environment))}")
     for line in comparison.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(line)}")
+        console.print(f"[yellow]warning:[/yellow] {safe_text(line)}")
     if html is not None:
         write_html(comparison, html)
     if md is not None:
         write_markdown(comparison, md)
     if csv is not None:
-        write_csv(comparison.to_bench_results(), csv)
+        write_csv(comparison, csv)
     if outputs:
         console.print("wrote " + ", ".join(escape(str(p)) for p in outputs))
 
@@ -396,16 +435,25 @@ def pack_cmd(
     profile: Annotated[str, typer.Option(help="The device profile to ship (see 'modelport list').")],
     out: Annotated[Path, typer.Option(help="bundle.tar.gz, or a folder (must not exist).")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = False,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Ed25519 private key ('modelport keys generate'): sign the manifest.")
+    ] = None,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="With --sign: also sign code-bearing files this machine did not produce.")
+    ] = False,
 ) -> None:
     """Pack one profile's artifacts, samples, a hashed manifest and a standalone run.py into a device bundle.
 
-    Example:  modelport pack /tmp/cifar --profile intel-cpu --out intel-cpu.tar.gz
+    Examples:\n
+      modelport pack /tmp/cifar --profile intel-cpu --out intel-cpu.tar.gz\n
+      modelport pack /tmp/cifar --profile t4 --out t4.tar.gz --sign ~/.config/modelport/release
     """
     from modelport.bundle.pack import pack
 
     with _Steps() as steps:
-        path = pack(folder, profile=profile, out=out, overwrite=overwrite, progress=steps)
-    console.print(f"wrote {escape(str(path))}\non the device:  modelport verify {escape(path.name)}   or   python run.py")
+        path = pack(folder, profile=profile, out=out, overwrite=overwrite, progress=steps, sign=sign, trust=trust)
+    check = f"modelport verify {escape(path.name)}" + (" --trusted-key YOUR_KEY.pub" if sign else "")
+    console.print(f"wrote {escape(str(path))}\non the device:  {check}   or   python run.py")
 
 
 @app.command(name="verify")
@@ -413,17 +461,20 @@ def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder or .tar.gz made by 'modelport pack'.")],
     device: Annotated[str | None, typer.Option(help="Run on this device instead of the profile's.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Threads for the smoke inference.")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help=_TRUST_HELP)] = False,
+    trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help=_KEY_HELP)] = None,
 ) -> None:
-    """Check a bundle on this device: hashes, schema, runtime and device, and a smoke inference against the
-    bundled reference outputs. Exits 1 when a check fails.
+    """Check a bundle on this device: signature, hashes, schema, trust, runtime and device, and a smoke inference
+    against the bundled reference outputs. Exits 1 when a check fails, 2 when the bundle is refused (a bad or
+    missing signature, or files that can run code and that nothing here vouches for).
 
-    Example:  modelport verify intel-cpu.tar.gz
+    Example:  modelport verify intel-cpu.tar.gz --trusted-key release.pub
     """
     from rich.table import Table
 
     from modelport.bundle.verify import verify
 
-    report = verify(bundle, device=device, threads=threads)
+    report = verify(bundle, device=device, threads=threads, trust=trust, trusted_keys=trusted_key or ())
     table = Table(title=f"verify {escape(str(bundle))}")
     for col in ("check", "result", "detail"):
         table.add_column(col)
@@ -431,12 +482,76 @@ def verify_cmd(
     for check in report.checks:
         table.add_row(escape(check.name), marks[check.ok], escape(check.detail))
     console.print(table)
+    for warning in (report.trust or {}).get("warnings") or []:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+    if report.refused is not None:
+        raise report.refused  # one paragraph, exit 2: nothing of the bundle was loaded
     if not report.ok:
         failed = report.failures()
         reason = failed[0].detail if failed else "no smoke inference ran"
         err_console.print(f"[bold red]verification failed:[/bold red] {escape(reason)}", soft_wrap=True)
         raise typer.Exit(1)
     console.print("[green]bundle verified[/green]")
+
+
+keys_app = typer.Typer(
+    help="Signing keys for bundles: generate a pair, trust someone's public key, list the keys you trust.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command(name="generate")
+def keys_generate_cmd(
+    out: Annotated[Path | None, typer.Option(help="Folder for the pair (default: the modelport config folder).")] = None,
+    name: Annotated[str, typer.Option(help="File name of the private key; the public key gets .pub.")] = "modelport-signing",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing pair of that name.")] = False,
+) -> None:
+    """Write a new Ed25519 key pair (OpenSSH format): the private key (mode 0600) signs bundles with
+    'modelport pack --sign', the .pub is what the receiving machine passes as --trusted-key.
+
+    Example:  modelport keys generate --name release
+    """
+    from modelport.bundle.signing import generate_keys, load_public_key
+    from modelport.core.trust import home
+
+    private, public = generate_keys(out or home(), name, overwrite=overwrite)
+    key = load_public_key(public)
+    console.print(f"wrote {escape(str(private))} (private: keep it secret) and {escape(str(public))}\n"
+                  f"fingerprint {key.fingerprint}\n"
+                  f"sign:  modelport pack DIR --profile P --out b.tar.gz --sign {escape(str(private))}\n"
+                  f"check: modelport verify b.tar.gz --trusted-key {escape(public.name)}")
+
+
+@keys_app.command(name="trust")
+def keys_trust_cmd(
+    public_key: Annotated[Path, typer.Argument(help="A .pub file (ssh-ed25519 line or PEM) whose signatures you trust.")],
+) -> None:
+    """Copy a public key into your trusted-keys folder: bundles it signed are trusted without --trusted-key.
+
+    Example:  modelport keys trust colleague.pub
+    """
+    from modelport.bundle.signing import load_public_key, trust_key
+
+    key = load_public_key(public_key)
+    target = trust_key(public_key)
+    console.print(f"trusting {key.fingerprint}: copied to {escape(str(target))} (delete the file to stop)")
+
+
+@keys_app.command(name="list")
+def keys_list_cmd() -> None:
+    """List the public keys in your trusted-keys folder and where the trust store lives.
+
+    Example:  modelport keys list
+    """
+    from modelport.bundle.signing import trusted_keys
+    from modelport.core.trust import keys_dir, store_dir
+
+    keys = trusted_keys()
+    console.print(f"trusted keys in {escape(str(keys_dir()))}: {len(keys) or 'none'}")
+    for key in keys:
+        console.print(f"  {key.fingerprint}  {escape(key.source)}")
+    console.print(f"files this machine produced (trusted without a flag) are recorded in {escape(str(store_dir()))}")
 
 
 @app.command()
@@ -519,26 +634,26 @@ def _print_recipe(result: Any) -> None:
         )
 
 
-def _print_conversion(result: Any) -> None:
-    from rich.table import Table
+def _exit_unless_deployable(result: Any) -> None:
+    """Exit 1 when no device artifact came out usable: a run whose every artifact failed is not a success."""
+    lowered = [a for a in result.artifacts if a.profile is not None]
+    if any(a.ok for a in lowered):
+        return
+    why = "; ".join(f"{a.profile}/{a.precision}: {a.status_text}" for a in lowered[:4]) or "no profile produced one"
+    err_console.print(
+        f"[bold red]error:[/bold red] nothing deployable was produced ({escape(why)}). The folder "
+        f"{escape(str(result.out_dir))} holds the reference and the reasons.",
+        highlight=False, soft_wrap=True,
+    )
+    raise typer.Exit(1)
 
-    table = Table(title=f"artifacts in {result.out_dir}")
-    for col in ("artifact", "format", "precision", "size", "accuracy", "status"):
-        table.add_column(col, justify="right" if col in {"size", "accuracy"} else "left")
-    reference_accuracy = result.manifest.dataset.get("reference_accuracy")
-    for art in result.artifacts:
-        name = f"{art.profile}/{art.precision}" if art.profile else f"{art.format}"
-        size = f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-"
-        acc = (art.details.get("validation") or {}).get("accuracy")
-        if acc is None and art.profile is None and art.ok:  # the reference and its validated export
-            acc = reference_accuracy
-        status = art.status_text
-        colour = "green" if art.ok else ("yellow" if str(art.status) == "unavailable" else "red")
-        table.add_row(name, str(art.format), str(art.precision), size,
-                      "-" if acc is None or not art.ok else f"{acc * 100:.2f}%", f"[{colour}]{status}[/{colour}]")
-    console.print(table)
+
+def _print_conversion(result: Any) -> None:
+    from modelport.reporting.report import render_conversion
+
+    render_conversion(result, console)
     for line in result.skipped:
-        console.print(f"[dim]skipped {line}[/dim]")
+        console.print(f"[dim]skipped {safe_text(line)}[/dim]")
 
 
 # ------------------------------------------------------------------------------------------------------ entry
@@ -556,13 +671,19 @@ def main(argv: list[str] | None = None) -> None:
         import logging
 
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from modelport.core.outdir import Terminated, terminate_like_interrupt
+
     try:
-        app(args=args, prog_name="modelport", standalone_mode=True)
+        with terminate_like_interrupt():  # SIGTERM/SIGHUP unwind like Ctrl-C: staging and temporary folders go
+            app(args=args, prog_name="modelport", standalone_mode=True)
     except ModelportError as exc:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Terminated as exc:
+        err_console.print(f"terminated ({exc.args[0]}); nothing half-written was left behind")
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         err_console.print("aborted")
         sys.exit(130)

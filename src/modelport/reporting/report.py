@@ -181,10 +181,11 @@ def render_conversion(result: Any, console: "Console", *, width: int | None = No
         table.add_column("format", overflow="fold")
         table.add_column("precision", overflow="fold")
     table.add_column("size", justify="right")
-    table.add_column("accuracy %", justify="right", overflow="fold")
+    table.add_column("accuracy", justify="right", overflow="fold")
     table.add_column("status", overflow="fold")
     footnotes: dict[str, int] = {}
     reference_accuracy = result.manifest.dataset.get("reference_accuracy")
+    samples = next((n for a in result.artifacts if (n := (a.details.get("validation") or {}).get("samples"))), None)
     for art, name in zip(result.artifacts, names, strict=True):
         status, colour = _conversion_status(art)
         if ":" in status:
@@ -194,7 +195,7 @@ def render_conversion(result: Any, console: "Console", *, width: int | None = No
         if width >= 100:
             cells += [safe_text(art.format), safe_text(art.precision)]
         cells += [f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-",
-                  _conversion_accuracy(art, reference_accuracy), f"[{colour}]{safe_text(status)}[/{colour}]"]
+                  _conversion_accuracy(art, reference_accuracy, samples), f"[{colour}]{safe_text(status)}[/{colour}]"]
         table.add_row(*cells)
     console.print(table)
     for text, i in footnotes.items():
@@ -206,16 +207,18 @@ def _artifact_name(art: Any) -> str:
     return f"{art.profile}/{art.precision}" if art.profile else str(art.format)
 
 
-def _conversion_accuracy(art: Any, reference_accuracy: float | None) -> str:
+def _conversion_accuracy(art: Any, reference_accuracy: float | None, samples: Any) -> str:
+    """``95.70% (n=256)``: the validated accuracy and the number of samples it was measured on (the reference and
+    its export were measured on the same validation set as every lowered artifact)."""
     validation = art.details.get("validation") or {}
     acc = validation.get("accuracy")
+    n = num(validation.get("samples"))
     if acc is None and art.profile is None and art.ok:  # the reference and its validated export
-        acc = reference_accuracy
+        acc, n = reference_accuracy, num(samples)
     acc = num(acc)
     if acc is None or not art.ok or not 0 <= acc <= 1:
         return "-"
-    n = num(validation.get("samples"))
-    return f"{acc * 100:.2f}" + ("" if n is None else f" (n={int(n)})")
+    return f"{acc * 100:.2f}%" + ("" if n is None else f" (n={int(n)})")
 
 
 def _conversion_status(art: Any) -> tuple[str, str]:
