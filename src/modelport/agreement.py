@@ -196,3 +196,14 @@ def judge_outputs(
         if reason is not None:
             return f"output '{name}' {reason}" if several else reason
     return None
+
+
+def top1_accuracy(outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None) -> float | None:
+    """Top-1 accuracy of class-score outputs; None without labels or for non-class outputs."""
+    if labels is None or not outputs:
+        return None
+    scores = np.concatenate([np.asarray(o).reshape(len(o), -1) for o in outputs])
+    y = np.concatenate([np.asarray(lab).reshape(-1) for lab in labels])
+    if scores.ndim != 2 or scores.shape[1] < 2 or len(y) != len(scores):
+        return None
+    return float(np.mean(scores.argmax(1) == y))

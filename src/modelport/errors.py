@@ -54,3 +54,10 @@ def unknown_choice(kind: str, asked: str, available: list[str] | tuple[str, ...]
     """Build the standard 'unknown X' error that lists what exists."""
     choices = ", ".join(sorted(available))
     return InputError(f"Unknown {kind} '{asked}'. Available: {choices}.", fix=f"pass one of the listed {kind}s.")
+
+
+def first_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"``: how a third-party exception is quoted in one-paragraph errors
+    and row statuses (their messages run to pages; the first line names the problem)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__

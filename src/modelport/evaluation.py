@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelport.agreement import Agreement, compare
-from modelport.data.feeds import Feeds
-from modelport.core.types import TensorSpec
-from modelport.errors import InputError
+from modelport.agreement import Agreement, compare, top1_accuracy
 from modelport.backends.base import Session
+from modelport.core.types import TensorSpec
+from modelport.data.feeds import Feeds
+from modelport.errors import InputError
 
 
 def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
@@ -43,17 +43,6 @@ def run_feeds(session: Session, feeds: Feeds) -> list[np.ndarray]:
             parts.append(np.asarray(session.infer(chunk)[0])[:got])
         outputs.append(np.concatenate(parts))
     return outputs
-
-
-def top1_accuracy(outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None) -> float | None:
-    """Top-1 accuracy of class-score outputs; None without labels or for non-class outputs."""
-    if labels is None or not outputs:
-        return None
-    scores = np.concatenate([np.asarray(o).reshape(len(o), -1) for o in outputs])
-    y = np.concatenate([np.asarray(lab).reshape(-1) for lab in labels])
-    if scores.ndim != 2 or scores.shape[1] < 2 or len(y) != len(scores):
-        return None
-    return float(np.mean(scores.argmax(1) == y))
 
 
 @dataclass(frozen=True)

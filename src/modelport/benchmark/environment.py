@@ -7,7 +7,6 @@ from ``importlib.metadata`` so recording them does not import the heavy packages
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 
 from modelport.core.cpu import RECORDED_FLAGS as CPU_FLAGS
 
+
 def _packages() -> dict[str, tuple[str, ...]]:
     """Distributions to record: the backend table's (``modelport.backends``), not a list of our own."""
     from modelport.backends import package_versions
@@ -26,12 +26,9 @@ def _packages() -> dict[str, tuple[str, ...]]:
 
 
 def _version(dists: tuple[str, ...]) -> str | None:
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    from modelport.core.versions import installed_version
+
+    return installed_version(*dists)
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:

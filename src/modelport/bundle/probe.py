@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from modelport.core.types import Artifact, Format
+from modelport.errors import first_line
 
 PROBE_TIMEOUT_S = 300.0
 _MARK = "modelport-probe:"
@@ -22,7 +23,10 @@ _MARK = "modelport-probe:"
 
 def probe_load(artifact: Artifact, runtime: str, device: str, *, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """``None`` when the artifact loads in a child process, else why not (one line, starting ``invalid model``)."""
-    payload = json.dumps({"artifact": artifact.to_dict(), "runtime": runtime, "device": device})
+    from modelport.core.trust import grants
+
+    # the trust decision travels with the job: the child's gate sees what this process granted, nothing more
+    payload = json.dumps({"artifact": artifact.to_dict(), "runtime": runtime, "device": device, "grants": grants()})
     try:
         proc = subprocess.run(
             [sys.executable, "-P", "-m", "modelport.bundle.probe"],  # -P: never import from the working directory
@@ -41,8 +45,9 @@ def probe_load(artifact: Artifact, runtime: str, device: str, *, timeout: float 
 
 
 def _child() -> int:
-    from modelport.errors import ModelportError
     from modelport.backends import get_runtime
+    from modelport.core.trust import granted
+    from modelport.errors import ModelportError
 
     try:
         request = json.loads(sys.stdin.read())
@@ -51,13 +56,13 @@ def _child() -> int:
             from modelport.export.onnx import onnx_artifact_from_file
 
             onnx_artifact_from_file(Path(art.path))
-        with get_runtime(request["runtime"]).load(art, device=request["device"]):
+        with granted(request.get("grants") or {}), get_runtime(request["runtime"]).load(art, device=request["device"]):
             pass
     except ModelportError as exc:
         print(f"{_MARK} {exc.message}", file=sys.stderr)
         return 3
     except Exception as exc:  # noqa: BLE001 - the runtime's own error on a hostile file is the answer we want
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc).split(": ", 1)[-1] if str(exc).strip() else ""
         print(f"{_MARK} {type(exc).__name__}: {first}", file=sys.stderr)
         return 4
     return 0

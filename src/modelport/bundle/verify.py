@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from modelport.agreement import top1_accuracy
 from modelport.bundle.manifest import BUNDLE_MANIFEST, BundleManifest
 from modelport.bundle.signing import SIGNATURE_FILE, SignatureCheck
 from modelport.bundle.trust import TrustDecision
 from modelport.core.files import sha256_file
 from modelport.core.types import Artifact, Format
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, first_line
 
 # written into a bundle folder after packing: bench results, and the marker that lets --overwrite replace it
 _RESULT_FILES = ("results.json", "results.csv", "results.md", "report.html", ".modelport-out")
@@ -180,7 +181,7 @@ def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, refe
         result = evaluate(session, feeds, [reference])
     drop = None
     if result.accuracy is not None and labels is not None:
-        ref_acc = float(np.mean(reference.argmax(1) == labels)) if reference.ndim == 2 else None
+        ref_acc = top1_accuracy([reference], [labels])
         drop = None if ref_acc is None else ref_acc - result.accuracy
     agreement = result.agreement
     verdict = judge(art.precision, agreement, drop)
@@ -270,15 +271,12 @@ def _verify_folder(
     if problems:
         report.add("hashes", False, "; ".join(problems))
         return
-    extra = unlisted_files(manifest)
-    if extra:
-        try:
-            refuse_unlisted(manifest)
-        except ModelportError as exc:
-            report.add("hashes", False, str(exc))
-            return
-    note = ""
-    report.add("hashes", True, f"{len(manifest.files)} files match their sha256 and size{note}")
+    try:
+        refuse_unlisted(manifest)
+    except ModelportError as exc:
+        report.add("hashes", False, str(exc))
+        return
+    report.add("hashes", True, f"{len(manifest.files)} files match their sha256 and size; no unlisted files")
     decision = _trusted(manifest, sig, report, trust)
     if decision is None:
         return
@@ -317,5 +315,5 @@ def _run_checks(
         except ModelportError as exc:
             ok, detail = False, str(exc)
         except Exception as exc:  # noqa: BLE001 - a runtime's own error on a bad artifact is a failed check
-            ok, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            ok, detail = False, first_line(exc)
         report.add(name, ok, detail)

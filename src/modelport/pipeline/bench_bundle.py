@@ -12,15 +12,17 @@ so ``modelport report`` can merge runs from several devices.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from modelport.agreement import top1_accuracy
 from modelport.bundle.manifest import BundleManifest
 from modelport.bundle.pack import is_archive_path
-from modelport.bundle.verify import file_problems, load_bundle_samples
+from modelport.bundle.signing import SignatureCheck, check_signature
+from modelport.bundle.trust import TrustDecision, decide, loaded_file
+from modelport.bundle.verify import file_problems, load_bundle_samples, refuse_unlisted
+from modelport.core.trust import granted
 from modelport.pipeline.bench import BenchItem, BenchPlan, run_plan, write_results
 
 if TYPE_CHECKING:
@@ -49,11 +51,16 @@ def bench_bundle(
     device: str | None = None,
     profiles: str | list[str] | None = None,
     progress: Progress | None = None,
+    trust: bool = False,
+    trusted_keys: Sequence[Path] = (),
 ) -> "BenchResults":
     """Benchmark every artifact of ``bundle`` (folder, or ``.tar.gz`` unpacked safely to a temporary folder).
 
     ``profiles`` (as for a convert folder) must include the bundle's profile when given: a bundle holds one.
     The bundle is turned into a ``BenchPlan`` and measured by the same loop as a convert folder (``run_plan``).
+    Before anything is loaded, its signature is checked (``trusted_keys``: one of them must have signed it) and
+    the trust decision is made (``bundle.trust.decide``): a bundle that declares more than its profile allows, or
+    a code-bearing file nothing vouches for, is refused (``UntrustedError``) unless ``trust``.
     """
     from modelport.benchmark.runner import BenchConfig
     from modelport.bundle import opened_bundle
@@ -62,10 +69,14 @@ def bench_bundle(
     config = config or BenchConfig()
     out_dir = Path(out) if out is not None else default_out(bundle)
     with opened_bundle(bundle) as folder:
+        signature = check_signature(folder, explicit_keys=trusted_keys)  # before the manifest is parsed
         manifest = BundleManifest.read(folder)
         _check_profiles(profiles, manifest.profile_name)
         plan = _bundle_plan(bundle, folder, manifest, device)
-        results = run_plan(plan, config, progress)
+        decision = _decide_trust(bundle, manifest, signature, plan, trust=trust, progress=progress)
+        with granted(decision.grants):  # isolated children get the grants in their job
+            results = run_plan(plan, config, progress)
+        results.source["trust"] = decision.to_dict()
     write_results(results, out_dir)
     return results
 
@@ -74,6 +85,7 @@ def _bundle_plan(bundle: Path, folder: Path, manifest: BundleManifest, device: s
     """Items (hash-checked first) and the bundled samples as evaluation data and reference."""
     from modelport.errors import ManifestError
 
+    refuse_unlisted(manifest)  # an unlisted file is not hash-checked and could run as code (numpy.py)
     problems = file_problems(manifest)
     samples_rel = str(manifest.samples.get("path") or "samples.npz")
     bad_samples = [p for p in problems if p.startswith(samples_rel + ":")]
@@ -83,9 +95,7 @@ def _bundle_plan(bundle: Path, folder: Path, manifest: BundleManifest, device: s
             fix="copy the bundle again; it was damaged or altered.",
         )
     feeds, reference, labels = load_bundle_samples(manifest)
-    ref_accuracy = None
-    if labels is not None and reference.ndim == 2 and reference.shape[1] > 1:
-        ref_accuracy = float(np.mean(reference.argmax(1) == labels))
+    ref_accuracy = top1_accuracy([reference], None if labels is None else [labels])
     runtime_name = manifest.profile["runtime"]
     device = device or manifest.profile["device"]
     items = []
@@ -117,6 +127,22 @@ def _bundle_plan(bundle: Path, folder: Path, manifest: BundleManifest, device: s
     return BenchPlan(
         items=items, feeds=feeds, reference=[reference], reference_accuracy=ref_accuracy, source=source
     )
+
+
+def _decide_trust(
+    bundle: Path, manifest: BundleManifest, signature: SignatureCheck, plan: BenchPlan, *, trust: bool,
+    progress: Progress | None,
+) -> TrustDecision:
+    """The trust decision for what will be loaded (artifacts whose hash check failed are not)."""
+    skip = set()
+    for item in plan.items:
+        path = loaded_file(item.artifact)
+        if item.status is not None and path is not None:
+            skip.add(path.relative_to(manifest.folder).as_posix())
+    decision = decide(manifest, signature, trust=trust, skip=frozenset(skip), origin=bundle)
+    for warning in decision.warnings:
+        (progress or (lambda _m: None))(f"warning: {warning}")
+    return decision
 
 
 def _check_profiles(profiles: str | list[str] | None, bundled: str) -> None:

@@ -19,7 +19,7 @@ from modelport.core.types import (
     Status,
 )
 from modelport.data.feeds import Feeds
-from modelport.errors import ModelportError, RuntimeUnavailableError
+from modelport.errors import ModelportError, RuntimeUnavailableError, first_line
 from modelport.pipeline.data_plan import DataPlan
 
 if TYPE_CHECKING:
@@ -81,17 +81,28 @@ def _lower(
         what = "PyTorch reference" if from_torch else "ONNX export"
         return placeholder.failed(f"the {what} it would be lowered from is {parent.status_text}")
     calibration = plan.calibration if precision is Precision.INT8 else None
-    if options and "max_drop" in (options.get("quantization") or {}):
-        options = {**options, "validation_feeds": plan.validation}
+    from modelport.backends.lowering import Lowering
+
     try:
+        lowering = Lowering.from_dict(options, validation=plan.validation)  # feeds typed beside the JSON dict
         art = converter.convert(
-            parent, profile, precision, calibration=calibration, out_dir=out_dir, options=options or None
+            parent, profile, precision, calibration=calibration, out_dir=out_dir, options=lowering or None
         )
     except RuntimeUnavailableError as exc:
         return placeholder.replace(status=Status.UNAVAILABLE, status_detail=exc.message)
     except ModelportError as exc:
         return placeholder.failed(exc.message)
+    _record_if_code(art)  # before validation loads it: this machine produced it, so it trusts it later too
     return _validate_lowered(art, profile, plan.validation, reference, ref_accuracy)
+
+
+def _record_if_code(art: Artifact) -> None:
+    """A format that can run code when loaded is trusted later only if this machine recorded producing it."""
+    from modelport.backends import code_formats
+    from modelport.core.trust import record_produced
+
+    if art.format in code_formats() and art.path.is_file():
+        record_produced(art.path, art.format)
 
 
 def _validate_lowered(
@@ -120,7 +131,7 @@ def _validate_lowered(
         return art.failed(f"could not run in {runtime.name}: {exc.message}")
     except Exception as exc:  # a runtime's own error: the row says so, the run goes on
         return art.failed(
-            f"could not run in {runtime.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"could not run in {runtime.name}: {first_line(exc)}"
         )
     drop = None
     if result.accuracy is not None and ref_accuracy is not None:

@@ -17,6 +17,7 @@ from modelport.core.types import (
     TensorSpec,
 )
 from modelport.data.feeds import Feeds
+from modelport.errors import first_line
 from modelport.pipeline.sources import Source
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: 
             # not in ``files``: the row's size stays the weights' (the program repeats them, plus a graph)
             details.update(program=program.name, program_sha256=export_program(source.model, examples, program))
         except Exception as exc:  # torch.export cannot trace every module: the reference is then in-process only
-            details["program_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            details["program_error"] = first_line(exc)[:300]
     return Artifact(
         path=path,
         format=Format.PYTORCH,

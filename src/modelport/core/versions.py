@@ -1,0 +1,17 @@
+"""Installed package versions, read from distribution metadata (never by importing the package: importing
+OpenVINO or TensorRT to ask its version costs seconds and can fail for reasons unrelated to the version)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+
+def installed_version(*distributions: str) -> str | None:
+    """The version of the first of ``distributions`` that is installed (e.g. ``"onnxruntime", "onnxruntime-gpu"``),
+    else ``None``."""
+    for dist in distributions:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
