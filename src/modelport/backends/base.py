@@ -83,10 +83,6 @@ class Session(ABC):
         validate_feed(self.inputs, feed, check_finite=check_finite)
         return self._infer(feed)
 
-    def infer_unchecked(self, feed: Feed) -> list[np.ndarray]:
-        """Run without validation: for the timing loop, after one validated call."""
-        return self._infer(feed)
-
     def bind(self, feed: Feed) -> Callable[[], list[np.ndarray]]:
         """Validate ``feed`` once and return a zero-argument call that runs it and returns the outputs.
 
@@ -156,9 +152,6 @@ class Runtime(ABC):
         if any(d == device or d.startswith(device + ".") for d in devs):
             return True, ""
         return False, f"{self.name} sees devices {devs or 'none'} on this machine, not {device}."
-
-
-_NP_DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
 
 
 def validate_feed(specs: Sequence[TensorSpec], feed: Any, *, check_finite: bool = True) -> None:
