@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from modelport.backends import colour
 from modelport.benchmark.results import BenchResults, RowState
 from modelport.core.files import atomic_write_text
+from modelport.reporting import columns as table_spec
 from modelport.reporting.columns import (
-    COLUMNS,
     HTML,
     NA,
     RowView,
@@ -265,7 +265,7 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-HTML_HEADERS = tuple(c.header for c in shown(COLUMNS, HTML))  # the table's columns (single-machine page)
+HTML_HEADERS = tuple(c.header for c in shown(table_spec.COLUMNS, HTML))  # the table's columns (single-machine page)
 
 
 def _td(column: Any, view: RowView) -> str:
@@ -284,7 +284,7 @@ def _td(column: Any, view: RowView) -> str:
 
 
 def _table(views: list[RowView], multi: bool) -> str:
-    columns = shown(COLUMNS, HTML)
+    columns = shown(table_spec.COLUMNS, HTML)
     head = (["machine"] if multi else []) + [c.header for c in columns]
     out = ['<div class="scroll"><table id="results"><thead><tr>'
            + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]

@@ -234,13 +234,14 @@ def comparison_views(comparison: Comparison, *, machine_in_label: bool = False) 
 def write_markdown(comparison: Comparison, path: Path) -> Path:
     """A GitHub table of every machine's rows, the warnings, and one environment line per machine."""
     from modelport.core.text import md_cell
-    from modelport.reporting.columns import COLUMNS, markdown_table
+    from modelport.reporting import columns as table_spec
+    from modelport.reporting.columns import markdown_table
 
     views = comparison_views(comparison, machine_in_label=True)
     out = ["# modelport cross-device comparison", ""]
     if comparison.warnings:
         out += [f"> **warning:** {md_cell(w)}" for w in comparison.warnings] + [""]
-    out += markdown_table(COLUMNS, views)
+    out += markdown_table(table_spec.COLUMNS, views)
     out += ["", "p50/p99 at batch 1 and items/s at each machine's largest batch unless (bN) says.", "", "## Machines",
             ""]
     for run in comparison.runs:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from modelport.benchmark.results import VALIDATED_ON_CPU, ArtifactResult, BenchResults, functional_check_only
 from modelport.core.files import atomic_write_text
 from modelport.core.text import clean_text, md_cell, safe_text
+from modelport.reporting import columns as table_spec
 from modelport.reporting.columns import (
-    COLUMNS,
     DASH,
     MARKDOWN,
     NAME_WIDTH,
@@ -89,7 +89,7 @@ def warnings_for(results: BenchResults) -> None:
 # ---------------------------------------------------------------- cells
 
 
-HEADERS = tuple(c.header for c in shown(COLUMNS, MARKDOWN))  # the Markdown table's columns, in order
+HEADERS = tuple(c.header for c in shown(table_spec.COLUMNS, MARKDOWN))  # the Markdown table's columns, in order
 
 
 def row_cells(row: ArtifactResult, *, largest_batch: int | None = None, eval_samples: Any = None) -> list[str]:
@@ -97,7 +97,7 @@ def row_cells(row: ArtifactResult, *, largest_batch: int | None = None, eval_sam
 
     Rows that are not ``ok`` show their state and dashes, never numbers; the reason is in the notes cell."""
     view = row_view("", row.to_dict(), largest_batch=largest_batch, eval_samples=eval_samples)
-    return [c.cell(view) for c in shown(COLUMNS, MARKDOWN)]
+    return [c.cell(view) for c in shown(table_spec.COLUMNS, MARKDOWN)]
 
 
 def largest_batch(results: BenchResults) -> int | None:
@@ -150,7 +150,7 @@ def render_table(
     if not isinstance(results, BenchResults):
         results = results.to_bench_results()
     width = width or (console.width if console is not None else 200)
-    laid = terminal_table(COLUMNS, views, width=width, title=_title(results), status_of=lambda v: v.status,
+    laid = terminal_table(table_spec.COLUMNS, views, width=width, title=_title(results), status_of=lambda v: v.status,
                           notes_of=lambda v: v.notes)
     energy_shown = any(_energy_measured(v) for v in views) and not any(
         c.key.startswith("joules") for c in laid.left_out)
@@ -237,7 +237,7 @@ def write_csv(results: "BenchResults | Comparison", path: Path) -> Path:
     views = _views(results)
     batches = sorted({b for v in views for b in (*v.stats, *v.throughput, *v.async_throughput, *v.energy)})
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(csv_table(COLUMNS, views, batches))
+    csv.writer(buf, lineterminator="\n").writerows(csv_table(table_spec.COLUMNS, views, batches))
     path = Path(path)
     atomic_write_text(path, buf.getvalue())
     return path
@@ -273,7 +273,7 @@ def write_markdown(results: BenchResults, path: Path) -> Path:
     out = [f"# {md_cell(_title(results))}", ""]
     if results.created:
         out += [f"Created {md_cell(results.created)}.", ""]
-    out += markdown_table(COLUMNS, views_of(results))
+    out += markdown_table(table_spec.COLUMNS, views_of(results))
     out += ["", MARKDOWN_LEGEND.format(largest=largest_batch(results)), ""]
     cfg = results.config or {}
     if cfg:
