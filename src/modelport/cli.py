@@ -562,29 +562,23 @@ def doctor() -> None:
     """
     from rich.table import Table
 
-    from modelport.core.profiles import load_profiles
-    from modelport.backends import RUNTIMES, get_runtime
+    from modelport.core.text import safe_text
+    from modelport.pipeline.doctor import machine_report
 
+    report = machine_report()
     table = Table(title="runtimes on this machine")
     for col in ("runtime", "available", "devices", "detail"):
         table.add_column(col)
-    runtimes = {}
-    for name in RUNTIMES:
-        rt = get_runtime(name)
-        runtimes[name] = rt
-        ok, why = rt.availability()
-        devs = rt.devices() if ok else []
-        table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", ", ".join(devs) or "-", why)
+    for rt in report.runtimes:
+        ok = "[green]yes[/green]" if rt.available else "[red]no[/red]"
+        table.add_row(rt.name, ok, ", ".join(rt.devices) or "-", safe_text(rt.detail))
     console.print(table)
     ptable = Table(title="device profiles")
     for col in ("profile", "runtime", "device", "precisions", "can run here"):
         ptable.add_column(col)
-    for prof in load_profiles().values():
-        ok, why = runtimes[prof.runtime].device_available(prof.device)
-        ptable.add_row(
-            prof.name, prof.runtime, prof.device, ", ".join(prof.precisions),
-            "[green]yes[/green]" if ok else f"[yellow]no[/yellow]: {why}",
-        )
+    for prof in report.profiles:
+        here = "[green]yes[/green]" if prof.runnable else f"[yellow]no[/yellow]: {safe_text(prof.reason)}"
+        ptable.add_row(prof.name, prof.runtime, prof.device, ", ".join(prof.precisions), here)
     console.print(ptable)
 
 
