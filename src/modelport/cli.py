@@ -47,43 +47,11 @@ def _progress(message: str) -> None:
     err_console.print(f"[dim]→ {message}[/dim]")
 
 
-class _Steps:
-    """Progress for multi-step work (conversion, calibration, packing): a spinner with the running step and its
-    elapsed time on a terminal, each finished step kept as a line with its duration; plain lines otherwise."""
+def _Steps() -> Any:  # named like the class it replaced
+    """Progress for multi-step work (conversion, calibration, packing): a spinner on a terminal, lines otherwise."""
+    from modelport.benchmark.progress import StepProgress
 
-    def __init__(self) -> None:
-        self._status: Any = None
-        self._current: str | None = None
-        self._started = 0.0
-
-    def __enter__(self) -> "_Steps":
-        if err_console.is_terminal:
-            self._status = err_console.status("starting")
-            self._status.__enter__()
-        return self
-
-    def __call__(self, message: str) -> None:
-        import time
-
-        if self._status is None:
-            _progress(message)
-            return
-        self._finish()
-        self._current, self._started = message, time.perf_counter()
-        self._status.update(f"{escape(message)}")
-
-    def _finish(self) -> None:
-        import time
-
-        if self._current is not None:
-            err_console.print(f"[dim]✓ {escape(self._current)} ({time.perf_counter() - self._started:.1f} s)[/dim]")
-            self._current = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            if exc[0] is None:
-                self._finish()
-            self._status.__exit__(*exc)
+    return StepProgress(err_console)
 
 
 def _finite(value: float | None) -> float | None:
@@ -115,55 +83,95 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------------------ commands
 
 
+# The quick demo (default) and the full one (--full): what each trains, builds and measures.
+_DEMO_QUICK = {"epochs": 2, "calibration_size": 64, "batch_sizes": (1, 32), "min_seconds": 0.1, "min_iters": 10,
+               "warmup_iters": 2, "warmup_seconds": 0.02, "isolate": False}
+_DEMO_FULL = {"epochs": 3, "calibration_size": 300, "batch_sizes": (1, 8, 32), "min_seconds": 1.0, "min_iters": 30,
+              "warmup_iters": 5, "warmup_seconds": 0.2, "isolate": True}
+
+
 @app.command()
 def demo(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the demo's checkpoint and artifacts (default: a temp folder).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs on digits.")] = 3,
+    full: Annotated[
+        bool, typer.Option("--full", help="Every profile (also those that cannot run here), 3 epochs, 1 s per batch "
+                           "size, each artifact in its own process. Takes minutes.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs on digits (default: 2, --full: 3).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Threads per runtime (default: all cores).")] = None,
 ) -> None:
-    """Train simple-mnist on the bundled digits, convert it for every profile, benchmark, print the table.
+    """Train simple-mnist on the bundled digits, convert it for the profiles this machine can run, benchmark them
+    with a short timing protocol and print the tables (about 20 s on 2 cores). --full does everything, slowly.
 
     Offline, no arguments.\n
-    Example:  modelport demo
+    Examples:  modelport demo    ·    modelport demo --full
     """
     from modelport.benchmark.progress import BenchProgress
-    from modelport.reporting.report import render_table
-    from modelport.benchmark.runner import BenchConfig
-    from modelport.benchmark.timing import TimingConfig
     from modelport.data import load_dataset
     from modelport.models import build_model
     from modelport.models.checkpoint import save_state_dict
     from modelport.pipeline import bench, convert
+    from modelport.reporting.report import render_table
     from modelport.training import train
 
+    plan = {**(_DEMO_FULL if full else _DEMO_QUICK), **({"epochs": epochs} if epochs else {})}
     folder = out or Path(tempfile.gettempdir()) / "modelport-demo"
     folder.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]modelport demo[/bold] — working in {folder}")
+    console.print(f"[bold]modelport demo{' --full' if full else ''}[/bold] — working in {escape(str(folder))}")
     dataset = load_dataset("digits")
     model = build_model("simple-mnist")
-    report = train(model, dataset, epochs=epochs, progress=True)
-    console.print(f"trained simple-mnist: test accuracy {report.test_accuracy * 100:.1f}% in {report.seconds:.1f} s")
+    report = train(model, dataset, epochs=plan["epochs"], progress=True)
+    console.print(
+        f"trained simple-mnist for {report.epochs} epochs in {report.seconds:.1f} s: test accuracy "
+        f"{report.test_accuracy * 100:.2f}% on {report.test_samples} digits test images"
+    )
     ckpt = folder / "simple-mnist.safetensors"
     save_state_dict(model, ckpt)
     with _Steps() as steps:
         result = convert(
-            ckpt, arch="simple-mnist", dataset="digits", out=folder / "artifacts", overwrite=True, progress=steps
+            ckpt, arch="simple-mnist", dataset="digits", out=folder / "artifacts", overwrite=True, progress=steps,
+            profiles="all" if full else None, calibration_size=plan["calibration_size"],
         )
     _print_conversion(result)
-    config = BenchConfig(
-        timing=TimingConfig(warmup_iters=5, warmup_seconds=0.1, min_iters=30, min_seconds=0.4),
-        batch_sizes=(1, 32),
-        threads=threads,
-    )
+    config = _demo_bench_config(plan, threads)
     with BenchProgress(err_console) as bars:
-        results = bench(result.out_dir, config=config, progress=bars)
+        results = bench(result.out_dir, config=config, progress=bars, profiles="all" if full else None)
     render_table(results, console)
+    if not full:
+        _print_demo_shortcuts(plan, result.left_out)
     console.print(
-        f"results: {result.out_dir / 'results.json'}, results.csv, results.md, report.html\n"
-        f"next: modelport bench {result.out_dir}   or   modelport convert CKPT --arch ARCH --out DIR"
+        f"results: {escape(str(result.out_dir / 'results.json'))}, results.csv, results.md, report.html\n"
+        f"next: modelport bench {escape(str(result.out_dir))}   or   modelport convert CKPT --arch ARCH --out DIR"
     )
+
+
+def _demo_bench_config(plan: dict[str, Any], threads: int | None) -> Any:
+    from modelport.benchmark.runner import BenchConfig
+    from modelport.benchmark.timing import TimingConfig
+
+    timing = TimingConfig(warmup_iters=plan["warmup_iters"], warmup_seconds=plan["warmup_seconds"],
+                          min_iters=plan["min_iters"], min_seconds=plan["min_seconds"])
+    return BenchConfig(timing=timing, batch_sizes=plan["batch_sizes"], threads=threads, isolate=plan["isolate"])
+
+
+def _print_demo_shortcuts(plan: dict[str, Any], left_out: dict[str, str]) -> None:
+    """The quick demo says what it left out, so nobody mistakes it for the full measurement."""
+    skipped = [
+        f"{plan['epochs']} training epochs (--full: {_DEMO_FULL['epochs']})",
+        f"INT8 calibrated on {plan['calibration_size']} images (--full: {_DEMO_FULL['calibration_size']})",
+        (
+            f"batch sizes {', '.join(map(str, plan['batch_sizes']))}, timed for ≥ {plan['min_seconds']:g} s and "
+            f"≥ {plan['min_iters']} runs each (--full: {_DEMO_FULL['min_seconds']:g} s, batches "
+            f"{', '.join(map(str, _DEMO_FULL['batch_sizes']))}); short runs are noisy"
+        ),
+        "every artifact in this one process (--full: one process each, so peak memory is per artifact)",
+    ]
+    if left_out:
+        skipped.append(f"profiles that cannot run here: {', '.join(left_out)} (reasons above)")
+    console.print("[bold]quick demo[/bold]: " + "; ".join(skipped) + ".")
+    console.print("full version: [bold]modelport demo --full[/bold] (minutes)")
 
 
 @app.command(name="train")
@@ -312,6 +320,42 @@ def sweep_cmd(
         result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps)
     render_sweep(result, console)
     console.print(f"wrote {result.out_dir / 'sweep.json'}, sweep.csv, sweep.md")
+
+
+@app.command(name="optimize")
+def optimize_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help=".safetensors / .pt state dict (or an .onnx file: no training candidates).")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite an optimize folder).")],
+    arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
+    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles to answer for.")] = "legacy-cpu,intel-cpu",
+    max_drop: Annotated[float, typer.Option(help="Accuracy budget: top-1 points the artifact may lose against FP32.")] = 1.0,
+    objective: Annotated[str, typer.Option(help="latency (p50 at --batch), throughput (items/s at --batch) or size.")] = "latency",
+    budget_minutes: Annotated[float, typer.Option(help="Time budget of the search, minutes.")] = 30.0,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size the objective is measured at.")] = 1,
+    space: Annotated[Path | None, typer.Option(help="Search space TOML (default: the packaged optimize_space.toml).")] = None,
+    dataset: Annotated[str, typer.Option(help="Fine-tuning, calibration and evaluation data.")] = "digits",
+    dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Candidate cache (default: $MODELPORT_CACHE_DIR or ~/.cache/modelport/optimize).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads per runtime (default: all cores).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing optimize output folder.")] = False,
+) -> None:
+    """Find the fastest (or smallest) artifact per device profile within an accuracy budget, measured in its runtime.
+
+    Searches FP32/FP16, INT8 settings per runtime, accuracy-controlled INT8, structured pruning and distillation
+    (the space is a TOML you can edit); writes optimize.json, optimize.md and winner-<profile>/ folders. Finished
+    candidates are cached: a rerun, a wider budget or a run after Ctrl-C reuses them.\n
+    Example:  modelport optimize cifar.safetensors --arch simple-cifar --max-drop 1.0 --budget-minutes 30 --out /tmp/opt
+    """
+    from modelport.pipeline.optimize import optimize
+    from modelport.pipeline.optimize.report import LiveProgress, render_optimize
+
+    with LiveProgress(err_console) as live:
+        result = optimize(checkpoint, out=out, arch=arch, profiles=profiles, max_drop=max_drop, objective=objective,
+                          budget_minutes=budget_minutes, batch=batch, space=space, dataset=dataset,
+                          dataset_root=dataset_root, cache_dir=cache_dir, threads=threads, overwrite=overwrite,
+                          progress=live)
+    render_optimize(result, console)
+    console.print(f"wrote {escape(str(result.out_dir / 'optimize.json'))}, optimize.md")
 
 
 @app.command(name="bench")
@@ -642,12 +686,88 @@ def _exit_unless_deployable(result: Any) -> None:
     raise typer.Exit(1)
 
 
-def _print_conversion(result: Any) -> None:
-    from modelport.reporting.report import render_conversion
+def _print_conversion(result: Any, out: Console | None = None) -> None:
+    """The convert summary: one row per artifact with names that stay whole at any width, a reason per distinct
+    cause as a footnote (three T4 rows share one), what validated and on how many images, what was left out."""
+    from rich.table import Table
 
-    render_conversion(result, console)
+    from modelport.pipeline.bench import artifact_label
+
+    out = out or console
+    table = Table(title=f"artifacts in {escape(str(result.out_dir))}", title_justify="left")
+    table.add_column("artifact", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("accuracy", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    notes: dict[str, int] = {}
+    who: dict[str, list[str]] = {}
+    samples: set[int] = set()
+    reference_accuracy = result.manifest.dataset.get("reference_accuracy")
+    for art in result.artifacts:
+        label = artifact_label(art)
+        validation = art.details.get("validation") or {}
+        acc = validation.get("accuracy")
+        if acc is None and art.profile is None and art.ok:  # the reference and its validated export
+            acc = reference_accuracy
+        if acc is not None and art.ok and validation.get("samples"):
+            samples.add(int(validation["samples"]))
+        size = f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-"
+        status = _conversion_status(art, result, notes, who, label)
+        table.add_row(escape(label), size, "-" if acc is None or not art.ok else f"{acc * 100:.2f}%", status)
+    out.print(table)
+    data = result.manifest.dataset.get("name")
+    if samples:
+        count = " / ".join(str(n) for n in sorted(samples))
+        out.print(f"accuracy: top-1 on {count} {escape(str(data or 'given'))} test images, the same for every row")
+    for reason, number in notes.items():
+        rows = ", ".join(who[reason])
+        out.print(f"[{number}] {escape(rows)}: {escape(reason)}", soft_wrap=False, highlight=False)
     for line in result.skipped:
-        console.print(f"[dim]skipped {safe_text(line)}[/dim]")
+        out.print(f"[dim]skipped {escape(line)}[/dim]")
+    _print_left_out(getattr(result, "left_out", {}) or {}, "built", out)
+
+
+def _conversion_status(art: Any, result: Any, notes: dict[str, int], who: dict[str, list[str]], label: str) -> str:
+    """The status cell: green/yellow/red text; a long reason becomes a numbered footnote shared by equal reasons."""
+    if art.ok:
+        on_cpu = art.details.get("validation_note") and (art.details.get("validation") or {}).get("device") == "CPU"
+        return "[green]validated on CPU (functional check)[/green]" if on_cpu else f"[green]{escape(art.status_text)}[/green]"
+    kind = str(art.status)
+    colour = "yellow" if kind == "unavailable" else "red"
+    reason = _reason_of(art, result)
+    number = notes.setdefault(reason, len(notes) + 1)
+    who.setdefault(reason, []).append(label)
+    return f"[{colour}]{escape(kind)} [{number}][/{colour}]"
+
+
+def _reason_of(art: Any, result: Any) -> str:
+    """One reason per cause: a profile that cannot run here gets its runtime's reason (once for all its rows), plus
+    where its hand-over files are; any other row keeps its own detail."""
+    from modelport.backends import profile_runnable
+    from modelport.core.profiles import get_profile
+
+    if str(art.status) == "unavailable" and art.profile:
+        ok, why = profile_runnable(get_profile(art.profile))
+        if not ok:
+            folder = result.out_dir / art.profile
+            if any(p.is_file() for p in folder.glob("*/*")):
+                why += (f" Files to build it on the device are in {folder}/<precision>/; "
+                        f"ship them with: modelport pack {result.out_dir} --profile {art.profile} --out "
+                        f"{art.profile}.tar.gz")
+            return why
+    return art.status_detail or art.status_text
+
+
+def _print_left_out(left_out: dict[str, str], verb: str, out: Console | None = None) -> None:
+    """Profiles the default left out (their runtime or device is not here): one line per reason, once per run."""
+    if not left_out:
+        return
+    out = out or console
+    from modelport.core.profiles import ProfileChoice
+
+    out.print(f"[dim]not {verb} (cannot run here; name them in --profiles, or pass --profiles all):[/dim]")
+    for line in ProfileChoice([], left_out).left_out_lines():
+        out.print(f"[dim]  {escape(line)}[/dim]")
 
 
 # ------------------------------------------------------------------------------------------------------ entry
