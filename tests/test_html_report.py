@@ -29,7 +29,6 @@ from modelport.benchmark.results import SCHEMA, BenchResults
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 PLOTS = ("plot-pareto", "plot-speedup", "plot-size", "plot-throughput")
-COL = {h: i for i, h in enumerate(HTML_HEADERS)}  # column index of each header (single-machine page)
 
 
 def find_chromium() -> str | None:
@@ -69,11 +68,13 @@ class _Dom(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[list[str]] = []
+        self.headers: list[str] = []
         self.images: dict[str, str] = {}
         self.sections: list[str] = []
         self._section = ""
         self._in_row = False
         self._cell: list[str] | None = None
+        self._th: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -85,6 +86,8 @@ class _Dom(HTMLParser):
             self.rows.append([])
         elif tag == "td" and self._in_row:
             self._cell = []
+        elif tag == "th" and self._section == "table":
+            self._th = []
         elif tag == "img":
             self.images[self._section] = a.get("src") or ""
 
@@ -92,12 +95,22 @@ class _Dom(HTMLParser):
         if tag == "td" and self._cell is not None:
             self.rows[-1].append("".join(self._cell))
             self._cell = None
+        elif tag == "th" and self._th is not None:
+            self.headers.append("".join(self._th))
+            self._th = None
         elif tag == "tr":
             self._in_row = False
 
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
             self._cell.append(data)
+        if self._th is not None:
+            self._th.append(data)
+
+    @property
+    def col(self) -> dict[str, int]:
+        """Column index of each header of the results table (a page shows only the columns its rows have)."""
+        return {h: i for i, h in enumerate(self.headers)}
 
 
 def parse(page: str) -> _Dom:
@@ -149,7 +162,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BenchResu
                    precisions="fp32,int8", calibration_size=64)
     config = BenchConfig(timing=TimingConfig(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.05),
                          batch_sizes=(1, 8), eval_limit=128)
-    return conv.out_dir, bench(conv.out_dir, config=config)
+    return conv.out_dir, bench(conv.out_dir, config=config, profiles="all")  # t4 included: rows that cannot run
 
 
 @pytest.mark.slow
@@ -177,11 +190,11 @@ def test_bench_writes_report_that_chromium_renders_with_table_and_plots(
     assert {"pytorch/fp32 (eager)", "legacy-cpu/fp32", "legacy-cpu/int8", "intel-cpu/fp32", "intel-cpu/int8",
             "t4/fp32", "t4/int8"} <= set(labels)
     ok_row = labels["legacy-cpu/int8"]
-    assert ok_row[COL["status"]] == "ok" and float(ok_row[COL["p50 ms"]].split()[0]) > 0  # "0.9 noisy" when flagged
-    assert ok_row[COL["speedup vs fp32"]].endswith("×") and float(ok_row[COL["accuracy %"]].split()[0]) > 0
-    assert ok_row[COL["accuracy %"]].endswith("(n=128)")  # the sample count beside the figure
-    assert labels["t4/int8"][COL["status"]] == "unavailable" and "TensorRT" in labels["t4/int8"][COL["notes"]]
-    assert labels["intel-cpu/fp32"][COL["speedup vs fp32"]] == "1.00×"  # an fp32 row is its own fp32 baseline
+    assert ok_row[dom.col["status"]] == "ok" and float(ok_row[dom.col["p50 ms"]].split()[0]) > 0  # "0.9 noisy" when flagged
+    assert ok_row[dom.col["speedup vs fp32"]].endswith("×") and float(ok_row[dom.col["accuracy %"]].split()[0]) > 0
+    assert ok_row[dom.col["accuracy %"]].endswith("(n=128)")  # the sample count beside the figure
+    assert labels["t4/int8"][dom.col["status"]] == "unavailable" and "TensorRT" in labels["t4/int8"][dom.col["notes"]]
+    assert labels["intel-cpu/fp32"][dom.col["speedup vs fp32"]] == "1.00×"  # an fp32 row is its own fp32 baseline
 
     # four plots, each a PNG with real content
     assert [s for s in PLOTS if s in dom.images] == list(PLOTS)
@@ -196,6 +209,9 @@ def test_bench_writes_report_that_chromium_renders_with_table_and_plots(
     assert_not_blank(pixels, 1400, 5000)
     assert near(pixels, (31, 119, 180)) > 2000  # #1f77b4: size bars and ONNX Runtime points
     assert near(pixels, (255, 127, 14)) > 300  # #ff7f0e: speedup vs fp32 bars (the table has no orange)
+    # the table fits a 1280 px window with its notes column on screen (issue 16)
+    layout = measure_layout(chromium, page, tmp_path)
+    assert layout["table"] <= layout["viewport"] and layout["notes"] and all(layout["notes"]), layout
     kept = os.environ.get("MODELPORT_KEEP_SCREENSHOT")  # for looking at it by eye
     if kept:
         shutil.copy(shot, kept)
@@ -245,6 +261,26 @@ def test_speedups_against_eager_and_fp32_of_same_profile() -> None:
     assert [v.speedup_fp32 for v in views] == [None, 1.0, 4.0, None]  # q has no fp32 sibling
 
 
+def test_speedup_chart_shows_each_ratio_interval_and_puts_noisy_rows_last() -> None:
+    """Issue 16: a ratio's interval comes from both rows' median intervals; a noisy row's ratio (however large)
+    comes after the reliable ones and is marked."""
+    from modelport.reporting.html import speedup_figure, speedup_order
+
+    noisy = _stats(0.5) | {"cv": 0.8, "high_cv": True, "median_ci95": [0.2, 0.9]}
+    rows = [_row("pytorch/fp32 (eager)", "torch", "fp32", 4.0, 0.9), _row("p/fp32", "onnxruntime", "fp32", 2.0, 0.9),
+            _row("p/int8", "onnxruntime", "int8", 0.5, 0.89, latency={"1": noisy}),
+            _row("q/int8", "openvino", "int8", 1.0, 0.88)]
+    views = [row_view("m", r) for r in rows]
+    add_speedups(views)
+    fast = views[2]
+    assert fast.speedup_eager == 8.0 and fast.speedup_eager_noisy and fast.speedup_fp32_noisy
+    assert fast.speedup_eager_ci == pytest.approx((3.92 / 0.9, 4.08 / 0.2))  # slowest base / fastest row, and back
+    assert views[3].speedup_eager_ci == pytest.approx((3.92 / 1.02, 4.08 / 0.98)) and not views[3].speedup_eager_noisy
+    order = [v.label for v in speedup_order(views)]
+    assert order == ["q/int8", "pytorch/fp32 (eager)", "p/fp32", "p/int8"]  # 8x but noisy: last
+    assert speedup_figure(views, multi=False) is not None
+
+
 def test_hostile_strings_are_escaped_and_bad_numbers_show_na() -> None:
     evil = '<script>alert("x")</script>'
     rows = [
@@ -261,8 +297,8 @@ def test_hostile_strings_are_escaped_and_bad_numbers_show_na() -> None:
     dom = parse(page)
     assert len(dom.rows) == 3
     bad = dom.rows[1]
-    assert bad[COL["status"]] == "failed"
-    assert all(bad[COL[h]] == "n/a" for h in ("size MB", "load ms", "p50 ms", "accuracy %"))
+    assert bad[dom.col["status"]] == "failed"
+    assert all(bad[dom.col[h]] == "n/a" for h in ("size MB", "load ms", "p50 ms", "accuracy %"))
     assert dom.rows[2][0] == '"><img src=x onerror=alert(1)>'  # shown as text, intact
     assert all(src.startswith("data:image/png;base64,") for src in dom.images.values())
 
@@ -292,13 +328,14 @@ def test_old_and_new_row_shapes_render(tmp_path: Path) -> None:
     path = write_html(single_from_dict(_results([minimal, newer, no_counters])), tmp_path / "r.html")
     dom = parse(path.read_text(encoding="utf-8"))
     first, second, third = dom.rows
-    assert first[COL["p50 ms"]] == "1.000"
-    assert [first[COL[h]] for h in ("accuracy %", "energy mJ/inf", "async items/s")] == ["n/a"] * 3
-    assert second[COL["energy mJ/inf"]] == "12.3"  # 0.0123 J at batch 1, the table's batch
-    assert second[COL["async items/s"]] == "4,000"  # 8 items x 1000 / 2 s at the run's largest batch (8)
-    assert second[COL["peak RSS MB"]] == "400.2"  # the largest peak recorded
-    assert second[COL["speedup vs fp32"]] == "2.00×"  # vs intel-cpu/fp32 at batch 1
-    assert third[COL["energy mJ/inf"]] == "n/a (no counters)"
+    assert first[dom.col["p50 ms"]] == "1.000"
+    assert [first[dom.col[h]] for h in ("accuracy %", "energy mJ/inf", "async items/s")] == ["n/a"] * 3
+    assert set(dom.headers) <= set(HTML_HEADERS) and dom.headers[0] == "artifact"
+    assert second[dom.col["energy mJ/inf"]] == "12.3"  # 0.0123 J at batch 1, the table's batch
+    assert second[dom.col["async items/s"]] == "4,000"  # 8 items x 1000 / 2 s at the run's largest batch (8)
+    assert second[dom.col["peak RSS MB"]] == "400.2"  # the largest peak recorded
+    assert second[dom.col["speedup vs fp32"]] == "2.00×"  # vs intel-cpu/fp32 at batch 1
+    assert third[dom.col["energy mJ/inf"]] == "n/a (no counters)"
     assert "plot-throughput" in dom.images
 
 
@@ -307,3 +344,72 @@ def test_bench_results_object_renders_like_its_json(tmp_path: Path) -> None:
     results = BenchResults.from_dict(json.loads(json.dumps(data)))
     assert parse(render_html(results)).rows == parse(render_html(single(results))).rows
     assert len(parse(render_html(results)).rows) == 1
+
+
+# ------------------------------------------------------------------------------------------ layout in a browser
+
+_MEASURE = """<script>
+const vw = document.documentElement.clientWidth;
+const box = e => e.getBoundingClientRect();
+const rows = [...document.querySelectorAll('#results tr.result-row')];
+const height = cls => Math.max(0, ...rows.filter(r => r.classList.contains(cls)).map(r => box(r).height));
+const visible = e => { const b = box(e); return b.width > 0 && b.left >= 0 && b.right <= vw; };
+document.body.setAttribute('data-measure', JSON.stringify({
+  viewport: vw, table: box(document.getElementById('results')).right,
+  notes: [...document.querySelectorAll('#results td.notes')].map(visible),
+  flags: [...document.querySelectorAll('#results .flag')].filter(visible).length,
+  ok: height('ok'), unavailable: height('unavailable'), failed: height('failed'),
+}));
+</script>"""
+
+
+def measure_layout(chromium, page: str, folder: Path, width: int = 1280) -> dict:
+    """Lay the page out in headless Chromium at ``width`` px and return what the test checks, measured by a
+    script added to a copy of the page (the report itself forbids scripts)."""
+    probe = folder / "measure.html"
+    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page)
+    probe.write_text(page.replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
+    done = chromium(f"--window-size={width},2000", "--dump-dom", probe.as_uri())
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    found = re.search(r'data-measure="([^"]*)"', done.stdout.decode("utf-8"))
+    assert found, done.stdout.decode("utf-8")[-2000:]
+    import html as html_lib
+
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+def test_results_table_fits_1280_px_with_notes_and_noisy_flags_visible(chromium, tmp_path: Path) -> None:
+    """Issue 16: the table fits a 1280 px window (notes column wrapped or collapsed, never off-screen), unavailable
+    rows are not tall blank rows, and 'noisy' flags are visible."""
+    reason = ("The fp32 TensorRT engine for 't4' cannot be built on this machine: TensorRT is not installed "
+              "(pip install tensorrt, from NVIDIA's index) and/or no CUDA GPU: the 'tensorrt' Python package is not "
+              "installed; no CUDA GPU is visible (torch.cuda.is_available() is False). The device bundle was "
+              "written to /very/long/path/to/the/output/folder/t4/fp32 (model.onnx, build_engine.sh).")
+    noisy = _stats(0.9) | {"cv": 0.8, "high_cv": True, "median_ci95": [0.87, 0.96]}
+    rows = [
+        _row("pytorch/fp32 (eager)", "torch", "fp32", 4.0, 0.9583),
+        _row("legacy-cpu/fp32", "onnxruntime", "fp32", 2.0, 0.9583,
+             notes=["OpenVINO CPU runs at f32 (plugin default)", "noisy run, CV 0.80 (b1): compare with care"]),
+        _row("legacy-cpu/int8", "onnxruntime", "int8", 0.9, 0.9570, latency={"1": noisy, "8": _stats(3.6)},
+             notes=["noisy run, CV 0.80 (b1): compare with care", "not smaller than fp32 (x1.02)"]),
+        _row("core-ultra-npu/int8", "openvino", "int8", None, None, status="unavailable: OpenVINO has no NPU "
+             "device here (devices: CPU)", notes=["validated on CPU (functional check)"]),
+        _row("core-ultra-gpu/int8", "openvino", "int8", None, None, status="unavailable: OpenVINO has no GPU "
+             "device here (devices: CPU)", notes=["validated on CPU (functional check)"]),
+        _row("t4/fp32", "tensorrt", "fp32", None, None, status=f"unavailable: {reason}"),
+        _row("t4/int8", "tensorrt", "int8", None, None, status=f"failed: {reason}"),
+    ]
+    for r in rows:
+        r["agreement"] = {"top1_agreement": 0.995, "max_abs_diff": 1.2e-5, "n": 360}
+        r["memory"] = {"rss_peak_mb": 321.5}
+    page = render_html(single_from_dict(_results(rows)))
+    layout = measure_layout(chromium, page, tmp_path)
+    assert layout["viewport"] <= 1280
+    assert layout["table"] <= layout["viewport"], layout  # no column off-screen
+    assert layout["notes"] and all(layout["notes"]), layout  # every notes cell on screen
+    assert layout["flags"] >= 1, layout  # the noisy p50 flagged where it can be seen
+    assert layout["unavailable"] <= 2 * layout["ok"] + 4 and layout["failed"] <= 2 * layout["ok"] + 4, layout
+    dom = parse(page)
+    t4 = next(r for r in dom.rows if r[0] == "t4/fp32")
+    assert "TensorRT is not installed" in t4[dom.col["notes"]]  # collapsed, not hidden: the whole reason is there
+    assert next(r for r in dom.rows if r[0] == "legacy-cpu/int8")[dom.col["accuracy %"]] == "95.70 (n=360)"

@@ -349,7 +349,7 @@ class Column:
     align: str = "right"  # "left" for names and words
     priority: int = 5  # terminal: 1 always shown; higher numbers are left out first when the width is short
     role: str = ""  # "name" (folded, never cut), "status" (coloured, reason as footnote), "notes" (footnotes)
-    present: Callable[[Any], bool] | None = None  # terminal: shown only when some row has it (energy, async)
+    present: Callable[[Any], bool] | None = None  # displays: shown only when some row has it (energy, async)
 
     def cell(self, row: Any, placeholder: str = DASH) -> str:
         got = self.text(row) if self.text else None
@@ -359,8 +359,10 @@ class Column:
         return self.value(row) if self.value else (self.text(row) if self.text else None)
 
 
-def shown(columns: Sequence[Column], output: str) -> list[Column]:
-    return [c for c in columns if output in c.outputs]
+def shown(columns: Sequence[Column], output: str, rows: Sequence[Any] | None = None) -> list[Column]:
+    """The columns ``output`` shows; given the rows, a display leaves out a column no row has (``present``)."""
+    return [c for c in columns if output in c.outputs and (
+        rows is None or output == CSV or c.present is None or any(c.present(r) for r in rows))]
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str | None:
@@ -461,7 +463,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("runtime", "runtime", value=lambda v: v.runtime, outputs=FILES_ONLY),
     Column("device", "device", value=lambda v: v.device, outputs=FILES_ONLY),
     Column("format", "format", value=lambda v: v.format, outputs=FILES_ONLY),
-    Column("precision", "precision", "prec", text=lambda v: v.precision, align="left", priority=6),
+    Column("precision", "precision", value=lambda v: v.precision, outputs=FILES_ONLY),  # displays: in the label
     Column("status", "status", text=lambda v: str(v.state), value=lambda v: v.status_text, align="left",
            priority=1, role="status"),
     Column("size_bytes", "size MB", "MB", text=lambda v: _size_text(v.size, v), value=lambda v: v.size, unit="MB",
@@ -566,7 +568,7 @@ SWEEP_COLUMNS: tuple[Column, ...] = (
 
 def markdown_table(columns: Sequence[Column], rows: Sequence[Any]) -> list[str]:
     """A GitHub table: every Markdown column, each cell escaped (no pipes, links or HTML from the file)."""
-    cols = shown(columns, MARKDOWN)
+    cols = shown(columns, MARKDOWN, rows)
     out = ["| " + " | ".join(md_cell(c.header) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     out += ["| " + " | ".join(md_cell(c.cell(r)) for c in cols) + " |" for r in rows]
     return out
@@ -650,7 +652,7 @@ def terminal_table(
     reason and long note printed once as a numbered footnote that the cells point to."""
     from rich.table import Table
 
-    cols = [c for c in shown(columns, TERMINAL) if c.present is None or any(c.present(r) for r in rows)]
+    cols = shown(columns, TERMINAL, rows)
     short = width < 150
     cells = {c.key: [c.cell(r) for r in rows] for c in cols}
     heads = {c.key: (c.short or c.header) if short else c.header for c in cols}

@@ -45,7 +45,7 @@ __all__ = ["HTML_HEADERS", "RowView", "add_speedups", "num", "pareto_front", "re
 _STATES = tuple(str(s) for s in RowState)
 _PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "P", "int8": "^"}
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_NOTES_OPEN = 90  # longer notes collapse to their first words; a click shows the rest (no script needed)
+_NOTES_OPEN = 48  # longer notes collapse to their first words; a click shows the rest (no script needed)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -223,9 +223,12 @@ def speedup_figure(views: list[RowView], multi: bool) -> str | None:
                 ax.annotate(text, (max(x, ci[1]) if ci else x, bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
                             textcoords="offset points", va="center", fontsize=7)
     ax.axvline(1.0, color="black", linewidth=0.8)
+    right = max([1.0] + [x for v in chosen for a in ("speedup_eager", "speedup_fp32")
+                         for x in (getattr(v, a) or 0.0, (getattr(v, f"{a}_ci") or (0.0, 0.0))[1])])
+    ax.set_xlim(0.0, right * 1.35)  # room for the figures written after each whisker
     _hbar_labels(ax, [v.name(multi) + (" (noisy)" if _speedup_noisy(v) else "") for v in chosen])
     ax.set_xlabel("speedup (× faster, p50 at batch 1 unless only larger batches were measured)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(chosen) < 6 else -0.08), ncols=2, fontsize=8)
     ax.set_title("speedup", fontsize=10)
     return _png(fig)
 
@@ -277,14 +280,19 @@ def _td(column: Any, view: RowView) -> str:
         head = text[:_NOTES_OPEN].rsplit(" ", 1)[0]
         rest = text[len(head):]
         return f"<td{attr}><details><summary>{_e(head)}…</summary>{_e(rest)}</details></td>"
-    body = _e(text)
-    if text.endswith(" (noisy)"):
-        body = _e(text[: -len(" (noisy)")]) + ' <span class="flag">noisy</span>'
+    noisy = text.endswith(" (noisy)")
+    text = text[: -len(" (noisy)")] if noisy else text
+    if cls in ("name", "text"):  # a line may break after "/" (onnxruntime/ CPU), so narrow windows need no scroll
+        body = _e(text).replace("/", "/<wbr>")
+    else:  # a number breaks only between words ("95.70 (n=360)"), never inside "1.20e-05"
+        body = " ".join(f'<span class="nw">{_e(word)}</span>' for word in text.split(" "))
+    if noisy:
+        body += ' <span class="flag">noisy</span>'
     return f"<td{attr}>{body}</td>"
 
 
 def _table(views: list[RowView], multi: bool) -> str:
-    columns = shown(table_spec.COLUMNS, HTML)
+    columns = shown(table_spec.COLUMNS, HTML, views)
     head = (["machine"] if multi else []) + [c.header for c in columns]
     out = ['<div class="scroll"><table id="results"><thead><tr>'
            + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
@@ -341,16 +349,16 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:24px;color:#222;max-width:1600px}
 h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.2em;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 5px}
-#results{width:100%;font-size:11.5px} #results th{background:#f0f0f0;position:sticky;top:0;vertical-align:bottom}
+#results{width:100%;font-size:11px} #results th,#results td{padding:2px 4px} #results th{background:#f0f0f0;position:sticky;top:0;vertical-align:bottom}
 #results td{text-align:right} #results td.name{text-align:left;overflow-wrap:anywhere;min-width:7em}
 #results td.text{text-align:left}
-#results td.notes{text-align:left;overflow-wrap:anywhere;min-width:12em;max-width:26em;font-size:11px}
+#results td.notes{text-align:left;overflow-wrap:anywhere;min-width:14em;max-width:26em;font-size:10.5px}
 #results td.notes summary{cursor:pointer} #results td.notes details[open] summary{margin-bottom:2px}
 #results td.status{text-align:left;font-weight:600} tr.ok td.status{color:#137333} tr.failed td.status{color:#c5221f}
 tr.unavailable td.status{color:#b06000} tr.invalid td.status{color:#a142f4} tr.failed,tr.unavailable{background:#fafafa}
 tr.failed td,tr.unavailable td{color:#777} .flag{background:#fde7c8;color:#8a4b00;border-radius:3px;padding:0 3px;
 font-size:10px;font-weight:600;white-space:nowrap}
-.warnings{background:#fff4e5;border:1px solid #f0a040;padding:8px 14px;margin:12px 0}
+.nw{white-space:nowrap} .warnings{background:#fff4e5;border:1px solid #f0a040;padding:8px 14px;margin:12px 0}
 .kv th{text-align:left;background:#f7f7f7;font-weight:normal} .kv td{font-family:monospace;overflow-wrap:anywhere}
 .machine{display:inline-block;vertical-align:top;margin-right:24px;max-width:100%} img.plot{max-width:100%}
 .scroll{overflow-x:auto} .missing{color:#777} .meta,.summary{margin:2px 0;font-size:13px}
