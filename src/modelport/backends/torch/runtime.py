@@ -10,6 +10,7 @@ structured pruning, low-rank), ``convert`` also saves the module as a ``torch.ex
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 from collections.abc import Mapping
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.core.types import Artifact, Format
-from modelport.errors import CheckpointError, RuntimeUnavailableError
 from modelport.backends.base import Feed, Runtime, Session
 from modelport.backends.onnxruntime.runtime import _check_format, _check_threads
+from modelport.core.types import Artifact, Format
+from modelport.errors import CheckpointError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,35 +60,54 @@ def export_program(module: "nn.Module", examples: Mapping[str, Any], path: Path)
             program = torch.export.export(module, (), kwargs=ex, dynamic_shapes={k: {0: dyn} for k in ex})
     finally:
         module.train(was_training)
+    from modelport.core.trust import record_produced
+
     with atomic_path(Path(path)) as tmp:
         torch.export.save(program, str(tmp))
-    return sha256_file(Path(path))
+        sha = sha256_file(tmp)
+    record_produced(Path(path), Format.PYTORCH, sha256=sha)  # this machine wrote it: it may load it again later
+    return sha
 
 
 def _load_program(artifact: Artifact, name: str) -> "nn.Module":
-    """The module of the artifact's ``torch.export`` program, after checking the file's sha256 against the manifest.
+    """The module of the artifact's ``torch.export`` program, loaded only when this machine trusts the file.
 
-    Trusted files only: ``torch.export.load`` unpickles (its own docs: "uses pickle under the hood ... never load
-    data from an untrusted source"; tensors and constants in the archive go through ``torch.load``/``pickle``).
-    So it is loaded only when its sha256 equals the one ``convert`` recorded in the manifest; a swapped or edited
-    file is refused before any byte of it is unpickled. Bundles never carry this file."""
+    ``torch.export.load`` unpickles (its own docs: "uses pickle under the hood ... never load data from an untrusted
+    source"). The manifest's ``program_sha256`` only proves that the manifest and the file agree (whoever edits one
+    edits both), so the trust decision is ``core.trust.require_trusted``: the sha256 of the very bytes that are then
+    unpickled must be in this machine's trust store (it wrote the file) or granted for this run (``--trust``, a
+    trusted signature). Anything else is refused before a byte is unpickled."""
+    import io
+
     import torch
 
-    from modelport.core.files import sha256_file
+    from modelport.core.trust import require_trusted
 
     expected = artifact.details.get("program_sha256")
     path = artifact.path.parent / name
-    if Path(name).name != name or not path.is_file():
+    if Path(name).name != name or path.is_symlink() or not path.is_file():
         raise CheckpointError(f"PyTorch program '{name}' of {artifact.path} is missing or not a plain file name.",
                               fix="convert the checkpoint again.")
-    actual = sha256_file(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if not expected or actual != expected:
         raise CheckpointError(
             f"PyTorch program {path} has sha256 {actual}, not the {expected or '(none)'} recorded in the manifest; "
             "it is refused (torch.export files unpickle, so only the file convert wrote is loaded).",
             fix="convert the checkpoint again rather than editing or copying files into its folder.",
         )
-    return torch.export.load(str(path)).module()
+    require_trusted(path, Format.PYTORCH, data=data)
+    return torch.export.load(io.BytesIO(data)).module()
+
+
+def program_file(artifact: Artifact) -> Path | None:
+    """The ``torch.export`` program ``module_for`` would unpickle for ``artifact``, or None when nothing would be
+    (a module registered in this process, or an architecture rebuilt from its safetensors weights): the file whose
+    trust decides whether this artifact may be loaded."""
+    program = artifact.details.get("program")
+    if (artifact.sha256 and artifact.sha256 in _MODULES) or artifact.details.get("arch") or not isinstance(program, str):
+        return None
+    return artifact.path.parent / program
 
 
 def _to_numpy_list(out: Any) -> list[np.ndarray]:
@@ -149,6 +169,7 @@ class TorchEagerSession(Session):
         self._was_training: bool | None = None
         self._prev_threads: int | None = None
         self._torch_device = "cuda" if device.upper().startswith("CUDA") else "cpu"
+        self.asynchronous = self._torch_device == "cuda"  # CUDA kernels outlive the call: timing synchronizes
 
     def _build(self) -> "nn.Module":
         return module_for(self.artifact)
@@ -159,7 +180,6 @@ class TorchEagerSession(Session):
         module = self._build()
         self._was_training = bool(module.training)
         if self._torch_device == "cuda":
-        self.asynchronous = self._torch_device == "cuda"  # CUDA kernels outlive the call: timing synchronizes
             import copy
 
             module = copy.deepcopy(module).to("cuda")  # never move the caller's registered module
