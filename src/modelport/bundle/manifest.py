@@ -80,9 +80,31 @@ class BundleManifest:
     def file(self, path: str) -> FileEntry | None:
         return next((f for f in self.files if f.path == path), None)
 
-    def artifact_record(self, index: int) -> dict[str, Any]:
-        """The raw JSON record of artifact ``index`` (with ``measured`` and ``acceptance``)."""
-        return dict(self.raw["artifacts"][index])
+    def allow_list_problems(self) -> list[str]:
+        """How the manifest departs from its profile in this modelport's ``profiles.toml`` (empty: it does not).
+
+        A bundle may only declare the runtime, device and artifact format its profile allows: the manifest must not
+        choose which loader reads which file (a ``torch`` runtime unpickles). The caller refuses a bundle with
+        problems unless the user trusts it (``--trust``, or a signature by a trusted key)."""
+        from modelport.core.profiles import get_profile
+        from modelport.errors import ModelportError
+
+        name = self.profile_name
+        try:
+            prof = get_profile(name)
+        except ModelportError:
+            return [f"its profile '{_short(name)}' is not one this modelport knows"]
+        problems = []
+        for key, allowed in (("runtime", prof.runtime), ("device", prof.device), ("format", str(prof.format))):
+            declared = self.profile.get(key)
+            if declared is not None and declared != allowed:
+                problems.append(f"it declares {key} {_short(declared)} for profile '{name}', which uses {allowed}")
+        for art in self.artifacts:
+            if art.format is not prof.format:
+                problems.append(f"its artifact {art.path.name} is {art.format}, but profile '{name}' ships {prof.format}")
+            if art.profile not in (None, name):
+                problems.append(f"its artifact {art.path.name} names profile {_short(art.profile)}, not '{name}'")
+        return problems
 
     @classmethod
     def from_dict(cls, d: Any, folder: Path) -> "BundleManifest":
