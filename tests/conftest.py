@@ -3,6 +3,7 @@ converted from one of them. Built here so these tests do not depend on the conve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,16 @@ def artifact_for(
         size_bytes=path.stat().st_size if path.is_file() else 0,
         files=files,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def modelport_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The trust store and trusted keys live in a temporary $MODELPORT_HOME for the whole session: tests never read
+    or write the user's ~/.config/modelport. A test that needs a fresh machine sets its own."""
+    home = tmp_path_factory.mktemp("modelport-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODELPORT_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")
