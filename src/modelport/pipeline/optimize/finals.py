@@ -12,6 +12,7 @@ from modelport.pipeline.optimize.space import BASELINE
 
 if TYPE_CHECKING:
     from modelport.core.profiles import DeviceProfile
+    from modelport.core.types import Artifact
     from modelport.pipeline.optimize.search import Search
 
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -63,32 +64,62 @@ def _decide_profile(s: Search, p: DeviceProfile) -> ProfileOutcome:
     measured = [t for t in mine if t.measured]
     front = pareto(measured)
     finalists = _finalists(s, p, measured, front)
-    _retime(s, p, finalists)
+    eager = _retime(s, p, finalists)
     outcome = ProfileOutcome(profile=p.name, runtime=p.runtime, device=p.device,
                              front=[_point(s, t) for t in front], finals=[_point(s, t) for t in finalists])
     winner = _winner(s, [t for t in measured if t.feasible(s.ctx.max_drop)])
     if winner is not None:
         outcome.winner = _point(s, winner)
         outcome.why = _why(s, winner, [t for t in finalists if t is not winner and t.feasible(s.ctx.max_drop)])
+    outcome.eager = _versus_eager(eager, winner)
     screened = [t for t in mine if t.quick_value is not None]
     outcome.int8 = _int8_verdict(s, _baseline(screened), _best_int8(screened), winner)
     return outcome
 
 
-def _retime(s: Search, p: DeviceProfile, finalists: list[Trial]) -> None:
-    entries = []
+def _retime(s: Search, p: DeviceProfile, finalists: list[Trial]) -> dict[str, Any] | None:
+    """Interleaved re-timing of the finalists and the eager FP32 PyTorch model; returns the eager figures."""
+    entries: list[tuple[Trial | None, Artifact, DeviceProfile | None]] = []
     for t in finalists:
         art = s.artifact(t)
         if art is not None:
-            entries.append((t, art))
+            entries.append((t, art, p))
+    eager = _eager_artifact(s)
+    if eager is not None:
+        entries.append((None, eager, None))
     if not entries:
-        return
-    st = s.space.strategy
-    rounds = interleave([(a, p) for _, a in entries], batch=s.ctx.batch, threads=s.ctx.threads,
-                        timing=s.space.measure.timing("final"), rounds=st.rounds, pool=s.evalset.pool)  # type: ignore[union-attr]
-    base = next((r for (t, _), r in zip(entries, rounds, strict=True) if t.candidate == BASELINE), None)
-    for (t, _), r in zip(entries, rounds, strict=True):
-        t.final = summarise_rounds(r, base)
+        return None
+    rounds = interleave([(a, prof) for _, a, prof in entries], batch=s.ctx.batch, threads=s.ctx.threads,
+                        timing=s.space.measure.timing("final"), rounds=s.space.strategy.rounds,
+                        pool=s.evalset.pool)  # type: ignore[union-attr]
+    base = next((r for (t, _, _), r in zip(entries, rounds, strict=True) if t and t.candidate == BASELINE), None)
+    out = None
+    for (t, art, _), r in zip(entries, rounds, strict=True):
+        if t is not None:
+            t.final = summarise_rounds(r, base)
+        else:
+            out = {**summarise_rounds(r, base), "size_bytes": art.size_bytes, "path": str(art.path)}
+    return out
+
+
+def _eager_artifact(s: Search) -> Artifact | None:
+    """The checkpoint's FP32 PyTorch model as the baseline conversion saved it (eager reference)."""
+    if s.baseline_folder is None:
+        return None
+    return next((a for a in s.manifest(str(s.baseline_folder)).artifacts
+                 if a.details.get("reference") and a.profile is None and str(a.format) == "pytorch"), None)
+
+
+def _versus_eager(eager: dict[str, Any] | None, winner: Trial | None) -> dict[str, Any] | None:
+    """The eager FP32 figures, and how much faster (interleaved p50) and smaller the winner is."""
+    if eager is None:
+        return None
+    out = dict(eager)
+    if winner is not None and winner.final:
+        out["winner_speedup"] = eager["p50_ms"] / winner.final["p50_ms"] if winner.final["p50_ms"] else None
+    if winner is not None and winner.size_bytes:
+        out["winner_smaller"] = eager["size_bytes"] / winner.size_bytes if eager.get("size_bytes") else None
+    return out
 
 
 def _speed(t: Trial) -> float:

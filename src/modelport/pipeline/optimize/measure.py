@@ -66,11 +66,12 @@ def _feed(art: Artifact, pool: np.ndarray, batch: int) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def loaded(art: Artifact, profile: DeviceProfile, threads: int | None) -> Iterator[Any]:
-    """A session of ``art`` in its profile's runtime and device, closed on exit."""
+def loaded(art: Artifact, profile: DeviceProfile | None, threads: int | None) -> Iterator[Any]:
+    """A session of ``art`` in its profile's runtime and device (eager PyTorch on CPU without a profile)."""
     from modelport.backends import get_runtime
 
-    with get_runtime(profile.runtime).load(art, device=profile.device, threads=threads) as session:
+    runtime, device = (profile.runtime, profile.device) if profile is not None else ("torch", "CPU")
+    with get_runtime(runtime).load(art, device=device, threads=threads) as session:
         yield session
 
 
@@ -116,7 +117,7 @@ def shared_data(evalset: EvalSet, isolate: bool) -> Iterator[Any]:
         yield data
 
 
-def interleave(entries: Sequence[tuple[Artifact, DeviceProfile]], *, batch: int, threads: int | None,
+def interleave(entries: Sequence[tuple[Artifact, DeviceProfile | None]], *, batch: int, threads: int | None,
                timing: TimingConfig, rounds: int, pool: np.ndarray) -> list[list[float]]:
     """p50 (ms) of each artifact per round, all loaded at once and timed in turn (A B C A B C …)."""
     from modelport.benchmark.timing import measure

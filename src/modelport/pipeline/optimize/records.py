@@ -93,6 +93,7 @@ class ProfileOutcome:
     front: list[dict[str, Any]] = field(default_factory=list)
     finals: list[dict[str, Any]] = field(default_factory=list)
     int8: dict[str, Any] | None = None
+    eager: dict[str, Any] | None = None  # the FP32 PyTorch model re-timed with the finalists, and the winner vs it
     pack_command: str | None = None
     folder: str | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from modelport.core.files import atomic_write_json, atomic_write_text
 from modelport.errors import InputError
@@ -78,6 +78,8 @@ def markdown(result: OptimizeResult) -> str:
             md += ["**No candidate within the accuracy budget.**", ""]
         if o.int8:
             md += [f"INT8: {o.int8['statement']}.", ""]
+        if o.eager:
+            md += [f"Against the FP32 model in eager PyTorch: {_versus_eager(o.eager)}.", ""]
         md += ["Pareto front (accuracy × " + result.arguments["objective"] + "; final = interleaved re-timing):", ""]
         md += _md_table(FRONT_HEADERS, [_point_row(p, a["objective"]) for p in o.front]) + [""]
     show = _shower(a["objective"])
@@ -87,6 +89,17 @@ def markdown(result: OptimizeResult) -> str:
     if result.notes:
         md += ["## Notes", "", *[f"- {n}" for n in result.notes], ""]
     return "\n".join(md)
+
+
+def _versus_eager(e: dict[str, Any]) -> str:
+    """``eager p50 0.85 ms, 9.44 MB; the winner ×6.1 faster (interleaved), ×12.3 smaller``."""
+    text = f"eager p50 {_f(e.get('p50_ms'), '.3f')} ms, {_f(e.get('size_bytes'), '.3f', 1e-6)} MB"
+    parts = []
+    if e.get("winner_speedup"):
+        parts.append(f"×{e['winner_speedup']:.1f} faster (interleaved)")
+    if e.get("winner_smaller"):
+        parts.append(f"×{e['winner_smaller']:.1f} smaller")
+    return text + ("; the winner " + ", ".join(parts) if parts else "")
 
 
 def write_optimize(result: OptimizeResult, folder: Path) -> None:
@@ -133,6 +146,8 @@ def render_optimize(result: OptimizeResult, console: Console) -> None:
             console.print("[yellow]no candidate within the accuracy budget[/yellow]")
         if o.int8:
             console.print(f"  [dim]{escape(o.int8['statement'])}[/dim]")
+        if o.eager:
+            console.print(f"  [dim]vs eager PyTorch FP32: {escape(_versus_eager(o.eager))}[/dim]")
     fates = ", ".join(f"{n} {f}" for f, n in sorted(result.fates().items()))
     console.print(f"{len(result.trials)} trials ({fates}); cache {result.cache['hits']} hits, "
                   f"{result.cache['conversions']} new conversions; {result.seconds:.0f} s")
@@ -142,11 +157,11 @@ class LiveProgress:
     """Progress for ``optimize``: on a terminal one live line (elapsed, trial, step, best so far) and one kept line
     per finished trial; elsewhere (logs) only the finished trials, one line each."""
 
-    def __init__(self, console: "Console") -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
         self._status: Any = None
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> Self:
         if self.console.is_terminal:
             self._status = self.console.status("starting")
             self._status.__enter__()

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.errors import ModelportError
+from modelport.errors import ConversionError, ModelportError
 from modelport.pipeline.optimize.cache import Cache, digest, versions
 from modelport.pipeline.optimize.measure import EvalSet, eval_set, shared_data
-from modelport.pipeline.optimize.records import FAILED, SKIPPED, Trial
+from modelport.pipeline.optimize.records import FAILED, MEASURED, SKIPPED, Trial
 from modelport.pipeline.optimize.space import BASELINE, Candidate, SearchSpace
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class Search:
         for _, trials in units:
             t = trials[0]
             if t.fate == FAILED:
-                raise ModelportError(f"The FP32 baseline failed on {t.profile}: {t.reason}",
+                raise ConversionError(f"The FP32 baseline failed on {t.profile}: {t.reason}",
                                      fix="run 'modelport convert' on the checkpoint with that profile to see why.")
         self.baseline_folder = Path(units[0][1][0].folder or "")
         manifest = Manifest.read(self.baseline_folder)
@@ -148,7 +148,12 @@ class Search:
                                 threads=self.ctx.threads)
         self.shared = stack.enter_context(shared_data(self.evalset, self.space.measure.isolate))
         for p, trials in units:
-            self.screen_and_measure(trials[0], baseline=True)
+            t = trials[0]
+            self.screen_and_measure(t, baseline=True)
+            if t.fate != MEASURED:
+                raise ConversionError(f"The FP32 baseline on {p.name} could not be measured: {t.reason}",
+                                      fix="run 'modelport convert' and 'modelport bench' on the checkpoint for that "
+                                          "profile to see why; optimize needs the baseline.")
         if self.elapsed() > self.ctx.budget_s:
             self.notes.append(f"the FP32 baseline alone took {self.elapsed():.0f} s, more than the budget")
 
