@@ -35,7 +35,7 @@ def _outputs(results: BenchResults, tmp_path: Path) -> dict[str, str]:
         "terminal": console.export_text(),
         "markdown": write_markdown(results, tmp_path / "r.md").read_text(),
         "csv": write_csv(results, tmp_path / "r.csv").read_text(),
-        "html": render_html(results),
+        "html": render_html(results).replace("<wbr>", ""),  # line-break hints inside names
     }
 
 

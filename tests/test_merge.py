@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from modelport.benchmark.environment import collect_environment
-from modelport.reporting.html import HTML_HEADERS, render_html
+from modelport.reporting.html import render_html
 from modelport.reporting.merge import MachineRun, merge, version_warnings
 from modelport.benchmark.results import SCHEMA_VERSION, ArtifactResult, BenchResults
 from modelport.benchmark.timing import LatencyStats
@@ -89,7 +89,8 @@ def test_merged_html_shows_both_machines_environments_and_warnings(two_machines:
         (m, label) for m in ("cloud", "edge") for label in ("pytorch/fp32 (eager)", "legacy-cpu/fp32", "legacy-cpu/int8")
     ]
     # speedups are computed within a machine: the same ratios on both, although edge is 3x slower
-    column = 1 + HTML_HEADERS.index("speedup vs fp32")  # after the machine column
+    assert dom.headers[0] == "machine"
+    column = dom.col["speedup vs fp32"]
     speedups = [r[column] for r in dom.rows]
     assert speedups[:3] == speedups[3:] and speedups[1] == "1.00×"
     assert page.count('<div class="machine">') == 2
