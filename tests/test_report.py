@@ -233,3 +233,18 @@ def test_csv_carries_throughput_mode_and_energy(tmp_path: Path, results: BenchRe
     assert float(lines[0]["async_items_per_s_b32"]) == 320.0
     assert float(lines[0]["joules_per_inference_b1"]) == 0.5
     assert lines[1]["async_items_per_s_b32"] == "" and lines[1]["joules_per_inference_b1"] == ""
+
+
+def test_bench_rows_of_npu_gpu_artifacts_checked_on_cpu_say_so(linear_ir: Path) -> None:
+    """Issue 16 item 4: an NPU/GPU artifact validated only by running it on CPU says "validated on CPU (functional
+    check)" in bench rows too, not a bare validated/unavailable."""
+    from modelport.benchmark.results import VALIDATED_ON_CPU, functional_check_only
+
+    art = artifact_for(linear_ir, Format.OPENVINO_IR, files=("linear.xml", "linear.bin"), profile="core-ultra-npu")
+    checked = art.replace(details={"validation": {"device": "CPU", "accuracy": 0.9, "samples": 64}})
+    assert functional_check_only(checked)
+    assert VALIDATED_ON_CPU in ArtifactResult.for_artifact(checked, runtime="openvino", device="NPU").notes
+    on_cpu = artifact_for(linear_ir, Format.OPENVINO_IR, files=("linear.xml", "linear.bin"), profile="intel-cpu")
+    on_cpu = on_cpu.replace(details={"validation": {"device": "CPU"}})
+    assert not functional_check_only(on_cpu)
+    assert VALIDATED_ON_CPU not in ArtifactResult.for_artifact(on_cpu, runtime="openvino", device="CPU").notes
