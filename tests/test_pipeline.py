@@ -98,7 +98,7 @@ def test_int8_openvino_ir_is_smaller_and_fp32_is_not_fp16(converted) -> None:
 
 
 def test_bench_reports_every_row(converted, tmp_path: Path) -> None:
-    results = bench(converted.out_dir, config=FAST, out=tmp_path)
+    results = bench(converted.out_dir, config=FAST, out=tmp_path, profiles="all")  # default: only what runs here
     rows = {r.label: r for r in results.rows}
     assert "pytorch/fp32 (eager)" in rows and "onnx/fp32 (export)" in rows
     for label in ("legacy-cpu/fp32", "legacy-cpu/int8", "intel-cpu/fp32", "intel-cpu/int8"):
@@ -190,7 +190,12 @@ def test_live_registry_module_records_how_to_rebuild_it(tmp_path: Path) -> None:
     """A registry model passed as a module with ``arch`` gets the same model_kwargs as its checkpoint would."""
     from modelport.models import build_model
 
-    model = build_model("simple-mnist", num_classes=7)
+    model = build_model("simple-mnist", num_classes=10).eval()
     result = convert(model, arch="simple-mnist", profiles="legacy-cpu", precisions="fp32", out=tmp_path / "o")
-    assert result.manifest.model["model_kwargs"] == {"num_classes": 7, "in_channels": 1, "image_size": 28}
+    assert result.manifest.model["model_kwargs"] == {"num_classes": 10, "in_channels": 1, "image_size": 28}
     assert all(a.ok for a in result.artifacts)
+    # a 7-class model scored on 10-class digits is no accuracy: an error, not a "validated" row (issue 10)
+    with pytest.raises(InputError, match="7 class scores, but dataset 'digits' has 10 classes"):
+        convert(build_model("simple-mnist", num_classes=7).eval(), arch="simple-mnist", profiles="legacy-cpu",
+                precisions="fp32", out=tmp_path / "seven")
+    assert not (tmp_path / "seven").exists()

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 from torch import nn
 
 from modelport.agreement import FP32_ATOL, Agreement, compare, judge, judge_outputs
+from modelport.benchmark.runner import BenchConfig
+from modelport.benchmark.timing import TimingConfig
 from modelport.core.types import Precision, Status
 from modelport.data.feeds import Feeds
 from modelport.errors import InputError
 from modelport.export.onnx import export_onnx, validate_onnx
+from modelport.pipeline import bench, convert
 
 # ------------------------------------------------------------------------------------------------------ models
 
@@ -294,3 +300,212 @@ def test_a_wrong_resnet50_export_still_fails(resnet50_onnx) -> None:
         wrong.layer4[2].conv3.weight.mul_(1.02)  # one conv's weights 2 % off: a stale or mis-loaded checkpoint
     result = validate_onnx(art, wrong, feeds)
     assert result.status is Status.FAILED and result.status_detail.startswith("differs from PyTorch")
+
+
+# -------------------------------------------------------------------------------------------- convert (pipeline)
+
+FAST_BENCH = BenchConfig(
+    timing=TimingConfig(warmup_iters=1, warmup_seconds=0.0, min_iters=3, min_seconds=0.01), batch_sizes=(2,),
+)
+
+
+def _digits_flat(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    from tiny_models import digits_images
+
+    x, y = digits_images()
+    return x[:n], y[:n]
+
+
+def test_a_foreign_module_without_data_is_refused_when_int8_is_asked(tmp_path: Path) -> None:
+    """Before: INT8 was calibrated and 'validated' on the single example (calibration_samples: 1)."""
+    from tiny_models import TinyCNN
+
+    model = TinyCNN().eval()
+    with pytest.raises(InputError, match="No data to calibrate and validate with") as info:
+        convert(model, example_inputs=torch.rand(2, 1, 28, 28), profiles="legacy-cpu", precisions="fp32,int8",
+                out=tmp_path / "o")
+    assert "calibration_data" in info.value.fix and "dataset" in info.value.fix
+    assert not (tmp_path / "o").exists()
+
+
+def test_fp32_only_without_data_validates_on_random_inputs_and_says_so(tmp_path: Path) -> None:
+    from tiny_models import TinyCNN
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="random inputs, no accuracy"):
+        result = convert(TinyCNN().eval(), example_inputs=torch.rand(2, 1, 28, 28), profiles="legacy-cpu",
+                         precisions="fp32", out=tmp_path / "o")
+    data = result.manifest.dataset
+    assert data["validation"]["source"].startswith("random inputs, no accuracy") and data["validation"]["count"] == 32
+    assert data["calibration"]["used"] is False and result.manifest.preprocessing is None
+    assert all(a.ok for a in result.artifacts)
+    assert all((a.details.get("validation") or {}).get("accuracy") is None for a in result.artifacts)
+    assert result.manifest.dataset["reference_accuracy"] is None
+
+
+def test_too_few_calibration_samples_are_refused_or_said_loudly(tmp_path: Path) -> None:
+    from tiny_models import TinyCNN
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _digits_flat(16)
+    model = TinyCNN().eval()
+    with pytest.raises(InputError, match=r"INT8 calibration would use 16 sample\(s\).*the minimum is 32"):
+        convert(model, example_inputs=torch.from_numpy(x[:2]), calibration_data=x, profiles="legacy-cpu",
+                precisions="int8", out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=4)  # labelled
+    with pytest.warns(UserWarning, match="only 16 samples"):
+        result = convert(model, example_inputs=torch.from_numpy(x[:2]), calibration_data=loader, validation_data=loader,
+                         min_calibration=8, profiles="legacy-cpu", precisions="int8", out=tmp_path / "ok")
+    data = result.manifest.dataset
+    assert data["calibration"]["count"] == 16 and "DataLoader" in data["calibration"]["source"]
+    assert data["validation"]["labels"] is True and any("only 16 samples" in n for n in data["notes"])
+    int8 = next(a for a in result.artifacts if a.profile == "legacy-cpu")
+    assert int8.details["validation"]["accuracy"] is not None  # the DataLoader's labels gave accuracy
+
+
+def test_a_module_in_train_mode_is_converted_as_an_eval_copy_and_left_alone(tmp_path: Path) -> None:
+    """Before: convert switched the caller's module to eval() silently."""
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"train\(\) mode"):
+        result = convert(model, example_inputs={"x": torch.from_numpy(x[:4])}, calibration_data=x,
+                         profiles="legacy-cpu", precisions="fp32", out=tmp_path / "o")
+    assert model.training and model.drop.training and model.bn.training  # as it was passed
+    assert result.manifest.model["mode_as_passed"] == "train" and result.manifest.model["notes"]
+    assert all(a.ok for a in result.artifacts), [a.status_text for a in result.artifacts]
+
+
+def test_dict_outputs_through_convert_and_an_isolated_bench_keep_every_output(tmp_path: Path) -> None:
+    """Before: the eager reference row of bench failed in the isolated child for outputs of a pytree-registered
+    type (the child lacked the registration), and only output 0 was compared anywhere."""
+    torch.manual_seed(0)
+    model = RegisteredEncoder().eval()
+    batches = _text_batches(n_batches=4)
+    examples = {k: torch.from_numpy(v) for k, v in batches[0].items()}
+    result = convert(model, example_inputs=examples, calibration_data=batches, profiles="legacy-cpu",
+                     precisions="fp32", out=tmp_path / "o", dynamic_axes={"input_ids": {1: "seq"},
+                                                                          "attention_mask": {1: "seq"}})
+    arts = {str(a.format) if a.profile is None else a.profile: a for a in result.artifacts}
+    assert [t.name for t in arts["onnx"].outputs] == ["last_hidden_state", "pooler_output"]
+    assert [t.name for t in arts["pytorch"].outputs] == ["last_hidden_state", "pooler_output"]
+    assert arts["onnx"].details["dynamic_check"]["sizes"] == {"seq": [6, 5]}
+    lowered = arts["legacy-cpu"]
+    assert lowered.status is Status.VALIDATED, lowered.status_text
+    assert set(lowered.details["validation"]["outputs"]) == {"last_hidden_state", "pooler_output"}
+    results = bench(result, config=FAST_BENCH)  # isolated: each row in a fresh child process
+    rows = {r.label: r for r in results.rows}
+    eager = rows["pytorch/fp32 (eager)"]
+    assert eager.status == "ok", eager.status
+    assert set(rows["legacy-cpu/fp32"].agreement["outputs"]) == {"last_hidden_state", "pooler_output"}
+    assert "samples" in results.source["evaluation_data"]
+
+
+@dataclasses.dataclass
+class RegisteredOutput:
+    """Registered as a pytree node here only, as transformers registers ModelOutput only where it is imported."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+
+
+torch.utils._pytree.register_dataclass(RegisteredOutput)
+
+
+class RegisteredEncoder(TinyEncoder):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RegisteredOutput:  # type: ignore[override]
+        out = super().forward(input_ids, attention_mask)
+        return RegisteredOutput(out.last_hidden_state, out.pooler_output)
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def static_batch_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The most common tutorial export: TorchScript exporter, batch 1 baked in, a custom input name."""
+    from tiny_models import digits_images, train_tiny_cnn
+
+    x, y = digits_images()
+    model = train_tiny_cnn(x, y)
+    path = tmp_path_factory.mktemp("static") / "cnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(path), input_names=["pixels"], dynamo=False)
+    return path
+
+
+@pytest.mark.slow  # four lowerings with NNCF and ONNX Runtime quantization (~40 s on 2 shared cores)
+def test_cli_static_batch_onnx_converts_at_fp32_and_int8(static_batch_onnx: Path, tmp_path: Path, capsys) -> None:
+    """Before: 'internal error: InvalidArgument … Got: 32 Expected: 1', exit 1."""
+    out = tmp_path / "o"
+    code, text = run_cli(["convert", str(static_batch_onnx), "--profiles", "legacy-cpu,intel-cpu",
+                          "--precisions", "fp32,int8", "--dataset", "digits", "--out", str(out)], capsys)
+    assert code == 0, text
+    assert "internal error" not in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = {f"{a['profile']}/{a['precision']}": a for a in manifest["artifacts"] if a["profile"]}
+    assert set(rows) == {"legacy-cpu/fp32", "legacy-cpu/int8", "intel-cpu/fp32", "intel-cpu/int8"}
+    for label in ("legacy-cpu/fp32", "intel-cpu/fp32"):
+        assert rows[label]["status"] == "validated", rows[label]
+    for label in ("legacy-cpu/int8", "intel-cpu/int8"):  # judged like any INT8 row, never an internal error
+        assert rows[label]["status"] in ("validated", "failed"), rows[label]
+    assert manifest["dataset"]["static_batch"] == 1
+    assert manifest["preprocessing"] is None  # digits' mean/std is not this model's preprocessing
+    assert all(a["preprocessing"] is None for a in manifest["artifacts"])
+    assert "calibrated on: dataset 'digits'" in text and "validated on: dataset 'digits'" in text
+    assert "static batch of 1" in text
+
+
+def test_cli_onnx_without_data_or_with_a_dataset_that_does_not_fit_is_an_error(tmp_path: Path, capsys) -> None:
+    """Before: a 5-class 64×64 RGB model was calibrated and scored on digits: 'accuracy 9.77 % … validated'."""
+
+    class Rgb5(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=4)
+            self.fc = nn.Linear(4 * 16 * 16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    path = tmp_path / "rgb5.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Rgb5().eval(), (torch.rand(1, 3, 64, 64),), str(path), input_names=["image"],
+                          dynamo=False, dynamic_axes={"image": {0: "batch"}})
+    base = ["convert", str(path), "--profiles", "legacy-cpu", "--precisions", "fp32,int8"]
+    code, text = run_cli([*base, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "No data to calibrate and validate with" in text and "--calibration-data" in text
+    code, text = run_cli([*base, "--dataset", "digits", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "takes 3×64×64 images ('image'), but dataset 'digits' holds 1×28×28" in text
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the user's own data, as .npz files: calibrated and validated on it, with labels giving accuracy
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", image=rng.random((40, 3, 64, 64), dtype=np.float32))
+    np.savez(tmp_path / "val.npz", image=rng.random((20, 3, 64, 64), dtype=np.float32),
+             labels=rng.integers(0, 5, 20))
+    code, text = run_cli([*base, "--calibration-data", str(tmp_path / "cal.npz"), "--validation-data",
+                          str(tmp_path / "val.npz"), "--out", str(tmp_path / "c")], capsys)
+    assert code in (0, 1), text  # 1 only if the INT8 row of a random model fails its rule: a row, not a crash
+    assert "calibrated on: calibration_data: a dict with keys image (40 samples" in text
+    assert "validated on: validation_data: a dict with keys image, labels (20 samples" in text
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["dataset"]["validation"]["labels"] is True and manifest["preprocessing"] is None
+
+
+def test_cli_dynamic_axes_option_reaches_the_export(tmp_path: Path, capsys) -> None:
+    from modelport.data.feeds import parse_dynamic_axes
+
+    assert parse_dynamic_axes(["input_ids:1=seq,attention_mask:1=seq", "pixels:2=h"]) == {
+        "input_ids": {1: "seq"}, "attention_mask": {1: "seq"}, "pixels": {2: "h"}}
+    with pytest.raises(InputError, match="Cannot read dynamic axis 'input_ids=seq'"):
+        parse_dynamic_axes(["input_ids=seq"])
+    lin = tmp_path / "lin.onnx"
+    from conftest import make_linear_onnx
+
+    make_linear_onnx(lin)
+    code, text = run_cli(["convert", str(lin), "--profiles", "legacy-cpu", "--precisions", "fp32",
+                          "--dynamic-axes", "input:1=width", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "dynamic_axes applies to a PyTorch model's export" in text

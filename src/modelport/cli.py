@@ -5,9 +5,11 @@ User errors (``ModelportError``) print as one paragraph and exit 2; ``--debug`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +65,8 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+_PROFILES_HELP = ("Comma-separated device profiles, or 'all' (every profile except cpu-aoti/cuda-aoti, which are "
+                  "built only when named). Default: the profiles whose runtime and device exist on this machine.")
 _TRUST_HELP = ("Load files that can run code when loaded (torch.export programs, AOTInductor packages, TensorRT "
                "engines) although this machine did not produce them and no trusted key signed them: for this run "
                "only, with a warning naming them. Only for files from someone you trust.")
@@ -139,6 +143,9 @@ def demo(
     with BenchProgress(err_console) as bars:
         results = bench(result.out_dir, config=config, progress=bars, profiles="all" if full else None)
     render_table(results, console)
+    _print_left_out(results.source.get("profiles_left_out") or {}, "benchmarked")
+    if results.source.get("evaluation_data"):
+        console.print(f"evaluated on: {escape(str(results.source['evaluation_data']))}", highlight=False)
     if not full:
         _print_demo_shortcuts(plan, result.left_out)
     console.print(
@@ -200,8 +207,8 @@ def train_cmd(
     report = train(model, ds, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=True)
     sha = save_state_dict(model, out)
     console.print(
-        f"saved {out} (sha256 {sha[:12]}…): test accuracy {report.test_accuracy * 100:.2f}% after {epochs} epochs "
-        f"in {report.seconds:.1f} s"
+        f"saved {out} (sha256 {sha[:12]}…): test accuracy {report.test_accuracy * 100:.2f}% on "
+        f"{report.test_samples} {dataset} test images after {report.epochs} epochs in {report.seconds:.1f} s"
     )
 
 
@@ -210,14 +217,24 @@ def convert_cmd(
     checkpoint: Annotated[Path, typer.Argument(help=".safetensors / .pt state dict, or an .onnx file.")],
     out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite a modelport folder).")],
     arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Calibration/validation data (default: digits).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Calibration/validation dataset (digits, mnist, cifar10, imagefolder; default: digits for --arch models; "
+        "another model needs one that fits it, or --calibration-data/--validation-data).")] = None,
     dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
-    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all' (all but cpu-aoti/cuda-aoti: name those).")] = "all",
+    profiles: Annotated[str | None, typer.Option(help=_PROFILES_HELP)] = None,
     precisions: Annotated[str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: each profile's own).")] = None,
     num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: read from the checkpoint).")] = None,
     in_channels: Annotated[int | None, typer.Option(min=1)] = None,
     image_size: Annotated[int | None, typer.Option(min=8)] = None,
     calibration_size: Annotated[int, typer.Option(min=1, help="Samples used to calibrate INT8.")] = 300,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="Preprocessed calibration inputs: x.npy (one input) or x.npz (arrays named after the inputs).")] = None,
+    validation_data: Annotated[Path | None, typer.Option(
+        help="Preprocessed validation inputs, .npy or .npz (a 'labels' array in the .npz gives accuracy).")] = None,
+    min_calibration: Annotated[int, typer.Option(min=1, help="Fewest samples INT8 calibration accepts.")] = 32,
+    dynamic_axes: Annotated[list[str] | None, typer.Option(
+        help="Axes beyond the batch to export dynamic, INPUT:AXIS=NAME (comma-separated or repeated), e.g. "
+        "input_ids:1=seq,attention_mask:1=seq.")] = None,
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow loading a pickled module (runs code from the file!).")
     ] = False,
@@ -239,10 +256,16 @@ def convert_cmd(
     Examples:\n
       modelport convert cifar.safetensors --arch simple-cifar --profiles legacy-cpu,intel-cpu --precisions fp32,int8 --out /tmp/cifar\n
       modelport convert model.onnx --dataset digits --profiles intel-cpu --out /tmp/onnx-ir\n
+      modelport convert model.onnx --calibration-data cal.npz --validation-data val.npz --out /tmp/mine\n
       modelport convert mnist.safetensors --arch simple-mnist --recipe prune-int8.toml --out /tmp/small
     """
-    from modelport.pipeline import convert
+    import warnings
 
+    from modelport.data.feeds import load_data_file, parse_dynamic_axes
+    from modelport.pipeline import convert
+    from modelport.pipeline.data_plan import DataWarning
+
+    warnings.simplefilter("ignore", DataWarning)  # printed below as notes, with the data they are about
     with _Steps() as steps:
         result = convert(
             checkpoint,
@@ -256,6 +279,10 @@ def convert_cmd(
             in_channels=in_channels,
             image_size=image_size,
             calibration_size=calibration_size,
+            calibration_data=None if calibration_data is None else load_data_file(calibration_data),
+            validation_data=None if validation_data is None else load_data_file(validation_data),
+            min_calibration=min_calibration,
+            dynamic_axes=parse_dynamic_axes(dynamic_axes or []) or None,
             trust_pickle=trust_pickle,
             overwrite=overwrite,
             recipe=recipe,
@@ -276,7 +303,7 @@ def compress_cmd(
     arch: Annotated[str | None, typer.Option(help="Architecture of a state dict (see 'modelport list').")] = None,
     dataset: Annotated[str | None, typer.Option(help="Fine-tuning, calibration and validation data (default: digits).")] = None,
     dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
-    profiles: Annotated[str, typer.Option(help="Comma-separated device profiles, or 'all' (all but cpu-aoti/cuda-aoti: name those).")] = "all",
+    profiles: Annotated[str | None, typer.Option(help=_PROFILES_HELP)] = None,
     precisions: Annotated[
         str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: the recipe's quantize step, else each profile's own).")
     ] = None,
@@ -361,7 +388,10 @@ def optimize_cmd(
 @app.command(name="bench")
 def bench_cmd(
     folder: Annotated[Path, typer.Argument(help="Output folder of 'modelport convert', or a bundle (folder or .tar.gz).")],
-    profiles: Annotated[str | None, typer.Option(help="Only these profiles (comma-separated).")] = None,
+    profiles: Annotated[
+        str | None, typer.Option(help="Comma-separated profiles, or 'all' (every artifact in the folder). Default: "
+                                 "those whose runtime and device exist here.")
+    ] = None,
     batch_sizes: Annotated[
         str, typer.Option("--batch-sizes", "--batch", help="Batch sizes to time, comma-separated.")
     ] = "1,8,32,64",
@@ -397,10 +427,10 @@ def bench_cmd(
     Example:  modelport bench /tmp/cifar --batch 1,8,32 --threads 2 --mode both
     """
     from modelport.benchmark.progress import BenchProgress
-    from modelport.reporting.report import render_table
     from modelport.benchmark.runner import BenchConfig
     from modelport.benchmark.timing import TimingConfig
     from modelport.pipeline import bench
+    from modelport.reporting.report import render_table
 
     config = BenchConfig(
         timing=TimingConfig(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
@@ -422,6 +452,9 @@ def bench_cmd(
     for warning in (results.source.get("trust") or {}).get("warnings") or []:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     render_table(results, console)
+    _print_left_out(results.source.get("profiles_left_out") or {}, "benchmarked")
+    if results.source.get("evaluation_data"):
+        console.print(f"evaluated on: {escape(str(results.source['evaluation_data']))}", highlight=False)
     where = out or folder
     if out is None and folder.is_file():  # a bundle archive: results go beside it, not into it
         from modelport.pipeline.bench_bundle import default_out
@@ -496,8 +529,27 @@ def pack_cmd(
 
     with _Steps() as steps:
         path = pack(folder, profile=profile, out=out, overwrite=overwrite, progress=steps, sign=sign, trust=trust)
-    check = f"modelport verify {escape(path.name)}" + (" --trusted-key YOUR_KEY.pub" if sign else "")
-    console.print(f"wrote {escape(str(path))}\non the device:  {check}   or   python run.py")
+    _print_pack_hint(folder, profile, path, signed=sign is not None)
+
+
+def _print_pack_hint(folder: Path, profile: str, path: Path, *, signed: bool) -> None:
+    """What to do with the bundle on the device: an archive is extracted first (run.py sits in its one folder)."""
+    from modelport.bundle.pack import archive_root, is_archive_path
+    from modelport.core.manifest import Manifest
+
+    name = escape(path.name)
+    root = escape(archive_root(path)) if is_archive_path(path) else name
+    extract = f"tar xzf {name} && " if is_archive_path(path) else ""
+    console.print(f"wrote {escape(str(path))}")
+    if not any(a.ok for a in Manifest.read(folder).artifacts if a.profile == profile):
+        console.print(
+            f"this is a build bundle: {profile} cannot run here, so it carries what the device needs to build each "
+            f"artifact (the ONNX model, calibration data, build script).\non the device:  {extract}cd "
+            f"{root}/{escape(profile)}/<precision> && bash build_engine.sh"
+        )
+        return
+    check = f"modelport verify {name}" + (" --trusted-key YOUR_KEY.pub" if signed else "")
+    console.print(f"on the device:  {check}   or, without modelport:  {extract}python {root}/run.py")
 
 
 @app.command(name="verify")
@@ -628,7 +680,7 @@ def doctor() -> None:
 
 @app.command(name="list")
 def list_cmd() -> None:
-    """List architectures, datasets and device profiles.
+    """List architectures, datasets, device profiles and compression methods with their parameters.
 
     Example:  modelport list
     """
@@ -651,6 +703,34 @@ def list_cmd() -> None:
     for prof in load_profiles().values():
         p.add_row(prof.name, prof.runtime, prof.device, ", ".join(prof.precisions), prof.description)
     console.print(p)
+    console.print(_compression_table())
+
+
+def _compression_table() -> Any:
+    """Compression methods (recipe steps) with their parameters and defaults, from the registry's Params types."""
+    import dataclasses
+
+    from rich.table import Table
+
+    from modelport.compression import STEPS
+    from modelport.core.registry import resolve
+
+    t = Table(title="compression methods (recipe steps: method = \"NAME\" plus parameters)", title_justify="left")
+    t.add_column("method", no_wrap=True)
+    t.add_column("stage", no_wrap=True)
+    t.add_column("parameters (default)", overflow="fold")
+    t.add_column("what it does", overflow="fold")
+    for name, spec in STEPS.items():
+        cls = resolve(spec)
+        params = []
+        for f in dataclasses.fields(cls.Params):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            kind = str(f.type).replace("typing.", "")
+            params.append(f"{f.name}: {kind} = {default!r}" if default != "required" else f"{f.name}: {kind} (required)")
+        doc = (cls.__doc__ or "").strip().split("\n")[0].replace("``", "")
+        t.add_row(name, str(cls.stage), escape("\n".join(params)), escape(doc))
+    return t
 
 
 def _print_recipe(result: Any) -> None:
@@ -675,8 +755,8 @@ def _print_recipe(result: Any) -> None:
 def _exit_unless_deployable(result: Any) -> None:
     """Exit 1 when no device artifact came out usable: a run whose every artifact failed is not a success."""
     lowered = [a for a in result.artifacts if a.profile is not None]
-    if any(a.ok for a in lowered):
-        return
+    if any(a.ok for a in lowered) or (lowered and all(str(a.status) == "unavailable" for a in lowered)):
+        return  # (all unavailable: e.g. TensorRT's build inputs, bundled to build on the device; the table says so)
     why = "; ".join(f"{a.profile}/{a.precision}: {a.status_text}" for a in lowered[:4]) or "no profile produced one"
     err_console.print(
         f"[bold red]error:[/bold red] nothing deployable was produced ({escape(why)}). The folder "
@@ -687,75 +767,63 @@ def _exit_unless_deployable(result: Any) -> None:
 
 
 def _print_conversion(result: Any, out: Console | None = None) -> None:
-    """The convert summary: one row per artifact with names that stay whole at any width, a reason per distinct
-    cause as a footnote (three T4 rows share one), what validated and on how many images, what was left out."""
-    from rich.table import Table
-
-    from modelport.pipeline.bench import artifact_label
+    """The convert table (``reporting.render_conversion``), what was skipped, where build files wait for their
+    device, and the profiles the default left out (each reason once)."""
+    from modelport.reporting.report import render_conversion
 
     out = out or console
-    table = Table(title=f"artifacts in {escape(str(result.out_dir))}", title_justify="left")
-    table.add_column("artifact", no_wrap=True)
-    table.add_column("size", justify="right", no_wrap=True)
-    table.add_column("accuracy", justify="right", no_wrap=True)
-    table.add_column("status", overflow="fold")
-    notes: dict[str, int] = {}
-    who: dict[str, list[str]] = {}
-    samples: set[int] = set()
-    reference_accuracy = result.manifest.dataset.get("reference_accuracy")
-    for art in result.artifacts:
-        label = artifact_label(art)
-        validation = art.details.get("validation") or {}
-        acc = validation.get("accuracy")
-        if acc is None and art.profile is None and art.ok:  # the reference and its validated export
-            acc = reference_accuracy
-        if acc is not None and art.ok and validation.get("samples"):
-            samples.add(int(validation["samples"]))
-        size = f"{art.size_bytes / 1e6:.2f} MB" if art.size_bytes else "-"
-        status = _conversion_status(art, result, notes, who, label)
-        table.add_row(escape(label), size, "-" if acc is None or not art.ok else f"{acc * 100:.2f}%", status)
-    out.print(table)
-    data = result.manifest.dataset.get("name")
-    if samples:
-        count = " / ".join(str(n) for n in sorted(samples))
-        out.print(f"accuracy: top-1 on {count} {escape(str(data or 'given'))} test images, the same for every row")
-    for reason, number in notes.items():
-        rows = ", ".join(who[reason])
-        out.print(f"[{number}] {escape(rows)}: {escape(reason)}", soft_wrap=False, highlight=False)
+    render_conversion(result, out)
     for line in result.skipped:
-        out.print(f"[dim]skipped {escape(line)}[/dim]")
+        out.print(f"[dim]skipped {safe_text(line)}[/dim]")
+    _print_build_files(result, out)
+    _print_int8_diagnosis(result, out)
     _print_left_out(getattr(result, "left_out", {}) or {}, "built", out)
+    _print_data(result.manifest, out)
 
 
-def _conversion_status(art: Any, result: Any, notes: dict[str, int], who: dict[str, list[str]], label: str) -> str:
-    """The status cell: green/yellow/red text; a long reason becomes a numbered footnote shared by equal reasons."""
-    if art.ok:
-        on_cpu = art.details.get("validation_note") and (art.details.get("validation") or {}).get("device") == "CPU"
-        return "[green]validated on CPU (functional check)[/green]" if on_cpu else f"[green]{escape(art.status_text)}[/green]"
-    kind = str(art.status)
-    colour = "yellow" if kind == "unavailable" else "red"
-    reason = _reason_of(art, result)
-    number = notes.setdefault(reason, len(notes) + 1)
-    who.setdefault(reason, []).append(label)
-    return f"[{colour}]{escape(kind)} [{number}][/{colour}]"
+def _print_data(manifest: Any, out: Console) -> None:
+    """Which data calibrated and which validated (source, count, preprocessing), and every compromise said."""
+    data = manifest.dataset or {}
+    for role, verb in (("calibration", "calibrated on"), ("validation", "validated on")):
+        rec = data.get(role) or {}
+        if not rec or (role == "calibration" and rec.get("used") is False):
+            continue
+        pre = rec.get("preprocessing")
+        how = f", mean {pre['mean']} std {pre['std']}" if pre else ", preprocessing not known"
+        out.print(f"{verb}: {safe_text(str(rec.get('source')))} ({rec.get('count')} samples{safe_text(how)})",
+                  highlight=False, soft_wrap=True)
+    for note in [*(manifest.model.get("notes") or []), *(data.get("notes") or [])]:
+        out.print(f"[yellow]note:[/yellow] {safe_text(str(note))}", highlight=False, soft_wrap=True)
 
 
-def _reason_of(art: Any, result: Any) -> str:
-    """One reason per cause: a profile that cannot run here gets its runtime's reason (once for all its rows), plus
-    where its hand-over files are; any other row keeps its own detail."""
-    from modelport.backends import profile_runnable
-    from modelport.core.profiles import get_profile
+def _print_int8_diagnosis(result: Any, out: Console) -> None:
+    """A failed INT8 row: the layers INT8 hurts most and the concrete next steps (``pipeline.int8``)."""
+    for art in result.artifacts:
+        diagnosis = art.details.get("int8_diagnosis")
+        if not diagnosis:
+            continue
+        layers = diagnosis.get("most_sensitive_layers") or []
+        out.print(f"[yellow]{safe_text(f'{art.profile}/{art.precision}')} failed: {safe_text(art.status_detail)}"
+                  + (f"; most sensitive layers: {safe_text(', '.join(layers))}" if layers else "") + "[/yellow]",
+                  highlight=False, soft_wrap=True)
+        for i, step in enumerate(diagnosis.get("next_steps") or [], 1):
+            out.print(f"  {i}. {safe_text(step)}", highlight=False, soft_wrap=True)
 
-    if str(art.status) == "unavailable" and art.profile:
-        ok, why = profile_runnable(get_profile(art.profile))
-        if not ok:
-            folder = result.out_dir / art.profile
-            if any(p.is_file() for p in folder.glob("*/*")):
-                why += (f" Files to build it on the device are in {folder}/<precision>/; "
-                        f"ship them with: modelport pack {result.out_dir} --profile {art.profile} --out "
-                        f"{art.profile}.tar.gz")
-            return why
-    return art.status_detail or art.status_text
+
+def _print_build_files(result: Any, out: Console) -> None:
+    """Profiles that could not be built here but left what the device needs (TensorRT: ONNX, calibration data,
+    build_engine.sh): say where, and how to ship them, once per profile."""
+    waiting = dict.fromkeys(
+        a.profile for a in result.artifacts
+        if a.profile and str(a.status) == "unavailable" and a.path.is_dir() and any(a.path.iterdir())
+    )
+    for profile in waiting:
+        out.print(
+            f"[dim]{safe_text(profile)}: the files to build it on its device are in "
+            f"{safe_text(str(result.out_dir / profile))}/<precision>/; ship them with: modelport pack "
+            f"{safe_text(str(result.out_dir))} --profile {safe_text(profile)} --out {safe_text(profile)}.tar.gz[/dim]",
+            highlight=False,
+        )
 
 
 def _print_left_out(left_out: dict[str, str], verb: str, out: Console | None = None) -> None:
@@ -773,6 +841,23 @@ def _print_left_out(left_out: dict[str, str], verb: str, out: Console | None = N
 # ------------------------------------------------------------------------------------------------------ entry
 
 
+@contextlib.contextmanager
+def _third_party_noise(debug: bool) -> Iterator[None]:
+    """ONNX Runtime's, NNCF's, protobuf's and numpy's warnings and NNCF's progress bars go to the log file (one line
+    at the end says where and how many); ``--debug`` leaves them on the terminal."""
+    if debug:
+        yield
+        return
+    from modelport.core.quiet import captured
+
+    with captured() as noise:
+        try:
+            yield
+        finally:
+            if noise.summary():
+                err_console.print(f"[dim]{escape(noise.summary())}[/dim]", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns modelport errors into one-paragraph messages with a non-zero exit code.
 
@@ -781,14 +866,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MODELPORT_DEBUG") == "1"
-    if not debug:  # NNCF's torch import makes torch warn that a CPU-only machine has no CUDA runtime: not news here
-        import logging
-
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from modelport.core.outdir import Terminated, terminate_like_interrupt
 
     try:
-        with terminate_like_interrupt():  # SIGTERM/SIGHUP unwind like Ctrl-C: staging and temporary folders go
+        with terminate_like_interrupt(), _third_party_noise(debug):  # SIGTERM/SIGHUP unwind like Ctrl-C
             app(args=args, prog_name="modelport", standalone_mode=True)
     except ModelportError as exc:
         if debug:

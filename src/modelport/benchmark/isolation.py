@@ -21,11 +21,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,9 @@ import numpy as np
 
 from modelport.benchmark.results import ArtifactResult
 from modelport.core.files import atomic_write_json
+from modelport.core.outdir import owned_temp_dir
+from modelport.core.trust import granted
+from modelport.core.trust import grants as trust_grants
 from modelport.core.types import Artifact
 from modelport.data.feeds import Feeds
 
@@ -65,21 +67,25 @@ def write_eval_data(path: Path, eval_feeds: Feeds | None, reference_outputs: lis
                 arrays[f"in_{i}_{j}"] = np.asarray(feed[name])
             if eval_feeds.labels is not None:
                 arrays[f"label_{i}"] = np.asarray(eval_feeds.labels[i])
-    for i, ref in enumerate(reference_outputs or []):
+    named = isinstance(reference_outputs, Mapping)  # {output name: batches}: every output, all samples in one array
+    refs = [np.concatenate([np.asarray(b) for b in v]) for v in reference_outputs.values()] if named else \
+        list(reference_outputs or [])
+    for i, ref in enumerate(refs):
         arrays[f"ref_{i}"] = np.asarray(ref)
     np.savez(path, **arrays)
     return EvalData(path=Path(path).absolute(), meta={
         "input_names": names,
         "batches": batches,
         "labels": eval_feeds is not None and eval_feeds.labels is not None,
-        "references": len(reference_outputs or []),
+        "references": len(refs),
+        "reference_names": list(reference_outputs) if named else None,
     })
 
 
 @contextlib.contextmanager
 def shared_eval_data(eval_feeds: Feeds | None, reference_outputs: list[np.ndarray] | None) -> Iterator[EvalData]:
     """The run's evaluation data written once to a temporary folder, removed on exit (also on error)."""
-    folder = Path(tempfile.mkdtemp(prefix="modelport-bench-data-"))
+    folder = owned_temp_dir("modelport-bench-data-")  # pid in the name: a later run removes it if we are killed
     try:
         yield write_eval_data(folder / DATA_FILE, eval_feeds, reference_outputs)
     finally:
@@ -98,6 +104,7 @@ def _write_job(folder: Path, artifact: Artifact, runtime_spec: str, device: str,
         **data.meta,
         "reference_accuracy": reference_accuracy,
         "untrusted": untrusted,
+        "grants": trust_grants(),  # the parent's trust decision (--trust, a trusted signature); nothing more
     })
 
 
@@ -152,7 +159,7 @@ def run_isolated(
     without it this call writes its own copy into the job folder.
     """
     timeout = timeout if timeout is not None else config.artifact_timeout
-    folder = Path(tempfile.mkdtemp(prefix="modelport-bench-"))
+    folder = owned_temp_dir("modelport-bench-")  # pid in the name: a later run removes it if we are killed
     started = time.perf_counter()
     isolation: dict[str, Any] = {"mode": "subprocess", "timeout_s": timeout}
     try:
@@ -177,6 +184,10 @@ def run_isolated(
             proc.kill()
             code = proc.wait()
             timed_out = True
+        except BaseException:  # Ctrl-C or SIGTERM reached this process only: the child must not outlive the run
+            proc.kill()
+            proc.wait()
+            raise
         reader.join(timeout=5)
         isolation["exit_code"] = code
         isolation["seconds"] = round(time.perf_counter() - started, 3)
@@ -248,15 +259,15 @@ def _untrusted_problem(artifact: Artifact) -> str | None:
 
     if artifact.format is not Format.ONNX:
         return None
+    from modelport.errors import ModelportError, first_line
     from modelport.export.onnx import onnx_artifact_from_file
-    from modelport.errors import ModelportError
 
     try:
         onnx_artifact_from_file(Path(artifact.path))
     except ModelportError as exc:
         detail = exc.message
     except Exception as exc:  # noqa: BLE001 - the parser's own error on a hostile file is the answer
-        detail = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        detail = first_line(exc)
     else:
         return None
     return detail if "invalid model" in detail else f"invalid model: {detail}"
@@ -284,11 +295,14 @@ def _child(folder: Path) -> int:
             labels = tuple(data[f"label_{i}"] for i in range(n)) if job["labels"] else None
             feeds = Feeds(batches=batches, labels=labels)
         refs = [data[f"ref_{i}"] for i in range(int(job["references"]))] or None
+        if refs and job.get("reference_names"):
+            refs = dict(zip(job["reference_names"], refs, strict=True))
     runtime = resolve(job["runtime"])()
-    row = benchmark_artifact(
-        artifact, runtime=runtime, device=job["device"], config=config, eval_feeds=feeds, reference_outputs=refs,
-        reference_accuracy=job["reference_accuracy"], label=job["label"], progress=_ChildProgress(),
-    )
+    with granted(job.get("grants") or {}):  # code-bearing files pass core.trust.require_trusted only if granted
+        row = benchmark_artifact(
+            artifact, runtime=runtime, device=job["device"], config=config, eval_feeds=feeds, reference_outputs=refs,
+            reference_accuracy=job["reference_accuracy"], label=job["label"], progress=_ChildProgress(),
+        )
     peak, source = peak_rss_mb()
     if row.memory or row.ok:
         row.memory["rss_peak_mb"] = peak

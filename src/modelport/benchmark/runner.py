@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport.agreement import compare, outputs_are_classes
+from modelport.agreement import agreement_record, compare_outputs, outputs_are_classes
+from modelport.backends.base import MEASURABLE, Feed, Runtime, Session
 from modelport.benchmark.energy import POWERCAP_ROOT, EnergyMeter, energy_record
 from modelport.benchmark.results import ArtifactResult
 from modelport.benchmark.throughput import MODES, measure_throughput
 from modelport.benchmark.timing import TimingConfig, measure
 from modelport.core.types import Artifact, TensorSpec
 from modelport.data.feeds import Feeds
-from modelport.evaluation import fixed_batch
 from modelport.errors import InputError, ModelportError, RuntimeUnavailableError
-from modelport.backends.base import Feed, Runtime, Session
+from modelport.evaluation import fixed_batch
 
 Progress = Callable[[str], None]
 
@@ -98,8 +98,9 @@ class BenchConfig:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    from modelport.errors import first_line
+
+    return first_line(exc)
 
 
 def affinity() -> dict[str, Any]:
@@ -224,16 +225,22 @@ def _accuracy_and_agreement(
     row: ArtifactResult,
     outputs: list[np.ndarray],
     labels: np.ndarray | None,
-    reference: np.ndarray | None,
+    reference: dict[str, np.ndarray] | None,
     reference_accuracy: float | None,
 ) -> str | None:
-    """Fill accuracy/agreement on ``row``; return an invalidity reason or None."""
+    """Fill accuracy and every output's agreement on ``row``; return an invalidity reason or None."""
     bad = _invalid_reason(outputs)
     first = outputs[0]
     if reference is not None:
-        if reference.shape != first.shape:
-            return f"output shape {tuple(first.shape)} differs from the reference {tuple(reference.shape)}"
-        row.agreement = compare([reference], [first], classes=labels is not None).to_dict()
+        got = outputs[: len(reference)] if list(reference) == ["output"] else outputs  # a first-output-only reference
+        if len(got) != len(reference):
+            return f"the artifact returns {len(got)} output(s), the reference {len(reference)} ({', '.join(reference)})"
+        try:
+            per_output = compare_outputs({k: [v] for k, v in reference.items()}, [[o] for o in got],
+                                         classes=labels is not None)
+        except ValueError as exc:
+            return f"{exc} (against the reference)"
+        row.agreement = agreement_record(per_output)
     if bad:
         return bad
     if labels is not None:
@@ -244,6 +251,20 @@ def _accuracy_and_agreement(
         else:
             row.add_note(f"accuracy not computed: output shape {tuple(first.shape)} is not (samples, classes)")
     return None
+
+
+def _reference_arrays(
+    reference_outputs: Mapping[str, Any] | Sequence[np.ndarray] | None, limit: int | None
+) -> dict[str, np.ndarray] | None:
+    """{output name: all samples} from a named reference (batches or arrays) or a first-output list of batches."""
+    if not reference_outputs:
+        return None
+    named = dict(reference_outputs) if isinstance(reference_outputs, Mapping) else {"output": list(reference_outputs)}
+    out = {}
+    for name, value in named.items():
+        arr = np.concatenate([np.asarray(b) for b in value]) if isinstance(value, (list, tuple)) else np.asarray(value)
+        out[name] = arr if limit is None else arr[:limit]
+    return out
 
 
 def _batch_sizes(artifact: Artifact, config: BenchConfig, row: ArtifactResult) -> list[int]:
@@ -293,7 +314,8 @@ def _time_batches(session: Session, artifact: Artifact, config: BenchConfig, poo
 
 def _measure_all(
     artifact: Artifact, runtime: Runtime, device: str, config: BenchConfig, eval_feeds: Feeds | None,
-    reference_outputs: list[np.ndarray] | None, reference_accuracy: float | None, row: ArtifactResult, step: _Steps,
+    reference_outputs: Mapping[str, Any] | list[np.ndarray] | None, reference_accuracy: float | None,
+    row: ArtifactResult, step: _Steps,
 ) -> None:
     clock = time.perf_counter_ns
     mem: dict[str, float | None] = {"rss_before_load_mb": _rss_mb()}
@@ -302,11 +324,7 @@ def _measure_all(
     pool, labels = (None, None)
     if eval_feeds is not None and len(eval_feeds):
         pool, labels = _eval_pool(artifact.inputs, eval_feeds, config.eval_limit)
-    reference = None
-    if reference_outputs:
-        reference = np.concatenate([np.asarray(r) for r in reference_outputs])
-        if config.eval_limit is not None:
-            reference = reference[: config.eval_limit]
+    reference = _reference_arrays(reference_outputs, config.eval_limit)
 
     step(f"loading on {runtime.name}/{device}")
     t0 = clock()
@@ -332,8 +350,9 @@ def _measure_all(
         if bad is None and pool is not None:
             step(f"evaluating {len(next(iter(pool.values())))} samples")
             outputs = _evaluate(session, pool, static or config.eval_batch_size, static is not None)
-            if reference is not None and len(reference) != len(outputs[0]):
-                row.add_note(f"agreement not computed: reference has {len(reference)} samples, data {len(outputs[0])}")
+            n_ref = len(next(iter(reference.values()))) if reference else None
+            if reference is not None and n_ref != len(outputs[0]):
+                row.add_note(f"agreement not computed: reference has {n_ref} samples, data {len(outputs[0])}")
                 reference = None
             bad = _accuracy_and_agreement(row, outputs, labels, reference, reference_accuracy)
         if bad is not None:
@@ -349,6 +368,19 @@ def _measure_all(
         session.close()
 
 
+def _keep_failed_with_figures(row: ArtifactResult, artifact: Artifact) -> None:
+    """An artifact that failed its acceptance rule at convert was timed anyway: the row keeps the failure as its
+    status and its figures, and a note quotes the latency so the table (which shows no numbers for failed rows)
+    still tells what was at stake."""
+    row.status = artifact.status_text
+    if row.latency:
+        b = min(row.latency)
+        row.add_note(f"timed although it failed validation: p50 {row.latency[b].p50:.3f} ms at batch {b}")
+    steps = (artifact.details.get("int8_diagnosis") or {}).get("most_sensitive_layers")
+    if steps:
+        row.add_note(f"most sensitive layers: {', '.join(steps[:3])}")
+
+
 def benchmark_artifact(
     artifact: Artifact,
     *,
@@ -356,20 +388,22 @@ def benchmark_artifact(
     device: str,
     config: BenchConfig,
     eval_feeds: Feeds | None,
-    reference_outputs: list[np.ndarray] | None,
+    reference_outputs: Mapping[str, Any] | list[np.ndarray] | None,
     reference_accuracy: float | None,
     label: str | None = None,
     progress: Progress | None = None,
 ) -> ArtifactResult:
     """Measure ``artifact`` on ``runtime``/``device``; every outcome, including failures, is a row.
 
-    ``reference_outputs[i]`` is the reference's first output for ``eval_feeds.batches[i]``.
+    ``reference_outputs``: {output name: one array per ``eval_feeds`` batch (or all samples in one array)}, every
+    output compared by position with the artifact's; a plain list is the first output's batches only.
     """
     say: Progress = progress or (lambda _msg: None)
     row = ArtifactResult.for_artifact(artifact, runtime=runtime.name, device=device, label=label, threads=config.threads)
     sizes = 1 if fixed_batch(artifact.inputs) is not None else len(dict.fromkeys(config.batch_sizes))
     step = _Steps(say, row.label, plan_steps(config, sizes))
-    if not artifact.ok:
+    measurable = not artifact.ok and bool(artifact.details.get(MEASURABLE))
+    if not artifact.ok and not measurable:
         row.status = artifact.status_text
         return row
     if artifact.format not in runtime.formats:
@@ -390,7 +424,9 @@ def benchmark_artifact(
         row.status = f"failed: {exc}"
     except Exception as exc:  # noqa: BLE001 - a runtime crash becomes a failed row; the run goes on
         row.status = f"failed: {_first_line(exc)}"
-    if row.state in {"failed", "unavailable"}:
+    if measurable and row.state == "ok":
+        _keep_failed_with_figures(row, artifact)
+    elif row.state in {"failed", "unavailable"}:
         row.clear_measurements()
         row.load_ms = row.first_inference_ms = None
     step.done = step.total

@@ -13,7 +13,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Callable
 from importlib import metadata, resources
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from modelport import agreement
 from modelport.bundle.manifest import BUNDLE_MANIFEST, SCHEMA, SCHEMA_VERSION, write_bundle_manifest
 from modelport.bundle.safe_tar import write_archive
-from modelport.core.files import atomic_path, sha256_file, sha256_files
+from modelport.core.files import atomic_path, sha256_file, sha256_files, write_errors
 from modelport.core.manifest import Manifest
 from modelport.core.profiles import get_profile
 from modelport.core.types import Artifact, Precision
@@ -39,6 +38,33 @@ def is_archive_path(path: Path) -> bool:
     return str(path).lower().endswith(ARCHIVE_SUFFIXES)
 
 
+# Archive names pack does not write: refused, instead of a folder called "x.zip".
+OTHER_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".7z", ".rar", ".gz",
+                          ".bz2", ".xz", ".zst", ".whl", ".jar")
+
+
+def archive_root(path: Path) -> str:
+    """The one top-level folder inside the archive ``path``: its name without ``.tar.gz``/``.tgz``."""
+    name = Path(path).name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "bundle"
+    return name
+
+
+def _check_out_kind(out: Path) -> None:
+    lower = out.name.lower()
+    suffix = next((s for s in OTHER_ARCHIVE_SUFFIXES if lower.endswith(s)), None)
+    if suffix is not None and not is_archive_path(out):
+        stem = out.name[: -len(suffix)] or "bundle"
+        raise InputError(
+            f"--out {out} names a {suffix} file, but pack writes a .tar.gz (or .tgz) archive or a folder; it would "
+            f"otherwise have made a folder called '{out.name}'.",
+            fix=f"pass --out {out.with_name(stem + '.tar.gz')} for an archive, or --out {out.with_name(stem)} for a "
+            "folder.",
+        )
+
+
 def pack(
     folder: str | Path,
     *,
@@ -46,18 +72,28 @@ def pack(
     out: str | Path,
     overwrite: bool = False,
     progress: Progress | None = None,
+    sign: str | Path | None = None,
+    trust: bool = False,
 ) -> Path:
     """Pack ``profile``'s artifacts of the ``convert`` output ``folder`` into ``out`` (a folder, or ``*.tar.gz``).
 
     Returns ``out`` (absolute). Refuses a profile with no runnable artifact, a file that changed since conversion,
-    and an ``out`` that exists (unless ``overwrite`` and it is a bundle).
+    and an ``out`` that exists (unless ``overwrite`` and it is a bundle). ``sign``: an Ed25519 private key; the
+    bundle gets ``manifest.sig`` (``bundle.signing``). Signing vouches for every file, so a file that can run code
+    when loaded and was not produced on this machine is refused unless ``trust``. Packing never loads an artifact.
     """
     say = progress or (lambda _m: None)
     folder = Path(folder).absolute()
     out = Path(out).absolute()
+    _check_out_kind(out)
     prof = get_profile(profile)
     manifest = Manifest.read(folder)
     artifacts = _select(manifest, prof.name, folder)
+    if sign is not None:
+        from modelport.bundle.signing import load_private_key
+
+        load_private_key(Path(sign))  # a wrong key fails before any work
+        _check_vouchable(artifacts, folder, trust=trust)
     samples = folder / SAMPLES
     if samples.is_symlink() or not samples.is_file():
         raise ManifestError(f"{folder} has no {SAMPLES}; a bundle needs it for the check on the device.",
@@ -83,18 +119,30 @@ def pack(
                 entries.append({"path": rel, "sha256": sha256_file(path), "size": path.stat().st_size})
         written = write_bundle_manifest(stage, _manifest_dict(manifest, prof, records, entries))
         os.chmod(written, 0o644)  # temporary files are created 0600; a bundle is meant to be read by others
+        if sign is not None:
+            from modelport.bundle.signing import sign_bundle
+
+            sign_bundle(stage, Path(sign))
+            say(f"signed the manifest with {sign}")
         os.chmod(stage, 0o755)
 
     if is_archive_path(out):
         _check_archive_out(out, overwrite=overwrite)
-        with tempfile.TemporaryDirectory(prefix=".modelport-pack-", dir=out.parent) as tmp:
-            stage = Path(tmp) / "bundle"
-            stage.mkdir()
-            build(stage)
-            files = [p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()]
-            with atomic_path(out) as part:
-                write_archive(stage, part, files)
-                os.chmod(part, 0o644)
+        from modelport.core.outdir import clean_stale_temp_dirs, owned_temp_dir
+
+        clean_stale_temp_dirs(out.parent)  # what a killed pack left beside --out
+        with write_errors(out.parent, "write the bundle into"):  # disk full or read-only: one paragraph
+            tmp = owned_temp_dir(".modelport-pack-", parent=out.parent)
+            try:
+                stage = tmp / archive_root(out)  # one top-level folder: extracting never litters the current folder
+                stage.mkdir()
+                build(stage)
+                files = [p.relative_to(tmp).as_posix() for p in stage.rglob("*") if p.is_file()]
+                with atomic_path(out) as part:
+                    write_archive(tmp, part, files)
+                    os.chmod(part, 0o644)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     else:
         from modelport.core.outdir import staged_dir
 
@@ -116,9 +164,12 @@ def _select(manifest: Manifest, profile: str, folder: Path) -> list[Artifact]:
             f"{folder} has no artifacts for profile '{profile}'. It has: {', '.join(present) or 'none'}.",
             fix=f"pass one of those profiles, or convert again with --profiles {profile}.",
         )
-    usable = [a for a in mine if a.ok]
+    usable = [a for a in mine if a.ok] or _build_files(mine, folder)
     if not usable:
-        states = "; ".join(f"{a.precision}: {a.status_text}" for a in mine)
+        by_state: dict[str, list[str]] = {}
+        for a in mine:  # one line per distinct reason, not one per precision
+            by_state.setdefault(a.status_text, []).append(str(a.precision))
+        states = "; ".join(f"{', '.join(precs)}: {state}" for state, precs in by_state.items())
         raise InputError(
             f"No artifact for profile '{profile}' in {folder} can be shipped ({states}).",
             fix="fix the conversion (or convert on a machine where the profile's runtime exists) and pack again.",
@@ -142,6 +193,49 @@ def _select(manifest: Manifest, profile: str, folder: Path) -> list[Artifact]:
                 fix="convert again rather than ship a file nobody validated.",
             )
     return usable
+
+
+def _check_vouchable(artifacts: list[Artifact], folder: Path, *, trust: bool) -> None:
+    """A signature says "load these files": refuse to sign code-bearing files this machine did not produce."""
+    from modelport.backends import code_formats
+    from modelport.core.trust import produced_here, untrusted_error
+
+    foreign = [(str(a.path), str(a.format)) for a in artifacts  # build records (not ok) carry no built artifact
+               if a.ok and a.format in code_formats() and not produced_here(sha256_file(a.path))]
+    if foreign and not trust:
+        raise untrusted_error(foreign, verb="sign", extra=(
+            ", so signing them would vouch for code nobody here checked (pass --trust with --sign only if you know "
+            "where they came from)"))
+
+
+def _build_files(mine: list[Artifact], folder: Path) -> list[Artifact]:
+    """Artifacts that could not be built here but left the files to build them on the device (TensorRT: ONNX,
+    calibration data, build_engine.sh): exactly what must travel to the GPU machine, so they are what a bundle of
+    that profile carries. Each becomes an artifact whose files are that folder's plain files."""
+    out = []
+    for art in mine:
+        if str(art.status) != "unavailable" or art.path.is_symlink() or not art.path.is_dir():
+            continue
+        if not art.path.resolve().is_relative_to(folder.resolve()):
+            continue
+        names = sorted(p.name for p in art.path.iterdir() if p.is_file() and not p.is_symlink())
+        if names:
+            main = next((n for n in names if n.endswith(".sh")), names[0])
+            out.append(art.replace(path=art.path / main, files=tuple(names), sha256=""))
+    return out
+
+
+def is_build_record(art: Artifact) -> bool:
+    """A bundle artifact that carries the files to build the device artifact, not the artifact itself."""
+    return not art.ok
+
+
+def build_hint(rel_main: str) -> str:
+    """What to run on the device for a build record whose main file is ``rel_main`` (a script, when there is one)."""
+    folder = rel_main.rsplit("/", 1)[0]
+    if rel_main.endswith(".sh"):
+        return f"on the device: cd {folder} && bash {rel_main.rsplit('/', 1)[1]}"
+    return f"on the device: build it from the files in {folder}/"
 
 
 def _files_of(art: Artifact) -> list[Path]:
@@ -177,7 +271,8 @@ def acceptance(precision: Precision) -> dict[str, Any]:
     """The tolerance rule of ``modelport.agreement.judge`` for ``precision``, as data ``run.py`` can apply."""
     rule = {"precision": str(precision), "min_cosine_if_not_classes": 0.99}
     if precision is Precision.FP32:
-        rule.update(rule="allclose", rtol=agreement.FP32_RTOL, atol=agreement.FP32_ATOL)
+        rule.update(rule="allclose", rtol=agreement.FP32_RTOL, atol=agreement.FP32_ATOL,
+                    max_scaled_diff=agreement.FP32_MAX_SCALED_DIFF, min_cosine=agreement.FP32_MIN_COSINE)
     elif precision is Precision.FP16:
         rule.update(rule="cosine", min_cosine=agreement.FP16_MIN_COSINE)
     else:
@@ -189,6 +284,9 @@ def acceptance(precision: Precision) -> dict[str, Any]:
 def _record(art: Artifact, rel_main: Path, results: Any) -> dict[str, Any]:
     rec = art.to_dict()
     rec["path"] = rel_main.as_posix()
+    if is_build_record(art):  # the device builds this one: nothing was measured, say what to run
+        rec["build_required"] = True
+        rec["build"] = build_hint(rel_main.as_posix())
     validation = dict(art.details.get("validation") or {})
     measured: dict[str, Any] = {
         "accuracy": validation.get("accuracy"),
@@ -280,8 +378,15 @@ def _manifest_dict(
         },
         "artifacts": records,
         "files": entries,
-        "run": f"python {RUN_SCRIPT}  (needs numpy and {prof.runtime}; checks hashes and runs the bundled samples)",
+        "run": _run_hint(prof, records),
     }
+
+
+def _run_hint(prof: Any, records: list[dict[str, Any]]) -> str:
+    builds = [r["build"] for r in records if r.get("build_required")]
+    if builds:
+        return "; ".join(dict.fromkeys(builds)) + f" (needs {prof.runtime} and the device); nothing here runs yet"
+    return f"python {RUN_SCRIPT}  (needs numpy and {prof.runtime}; checks hashes and runs the bundled samples)"
 
 
 def _check_archive_out(out: Path, *, overwrite: bool) -> None:
@@ -290,7 +395,11 @@ def _check_archive_out(out: Path, *, overwrite: bool) -> None:
             f"--out {out} already exists.",
             fix="choose a new path, or pass --overwrite to replace an archive.",
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from modelport.core.files import check_writable_dir
+
+    check_writable_dir(out.parent)  # a read-only --out fails before any copying
+    with write_errors(out.parent, "create"):
+        out.parent.mkdir(parents=True, exist_ok=True)
 
 
-__all__ = ["ARCHIVE_SUFFIXES", "acceptance", "is_archive_path", "pack"]
+__all__ = ["ARCHIVE_SUFFIXES", "acceptance", "archive_root", "build_hint", "is_archive_path", "is_build_record", "pack"]

@@ -171,21 +171,26 @@ def load_bundle_samples(manifest: BundleManifest) -> tuple[Any, np.ndarray, np.n
 def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, reference: np.ndarray,
           labels: np.ndarray | None, threads: int | None = None) -> tuple[bool, str]:
     """Run the bundled samples through ``art`` and judge the outputs like ``convert`` did."""
-    from modelport.agreement import judge
+    from modelport.agreement import judge_outputs
     from modelport.backends import get_runtime
+    from modelport.data.samples import load_sample_outputs
     from modelport.evaluation import evaluate
 
     runtime = get_runtime(manifest.profile["runtime"])
     feeds = feeds.renamed([s.name for s in art.inputs])
+    path = manifest.folder / str(manifest.samples.get("path") or "samples.npz")
+    named = load_sample_outputs(path) or {"output": reference}  # every output the bundle stored, by name
     with runtime.load(art, device=device, threads=threads) as session:
-        result = evaluate(session, feeds, [reference])
+        result = evaluate(session, feeds, named)
     drop = None
     if result.accuracy is not None and labels is not None:
         ref_acc = top1_accuracy([reference], [labels])
         drop = None if ref_acc is None else ref_acc - result.accuracy
     agreement = result.agreement
-    verdict = judge(art.precision, agreement, drop)
+    verdict = judge_outputs(art.precision, result.per_output, drop)
     figures = f"max abs diff {agreement.max_abs_diff:.3g}, cosine {agreement.cosine:.6f}"
+    if len(result.per_output) > 1:
+        figures += f" (worst of {len(result.per_output)} outputs: {', '.join(result.per_output)})"
     if agreement.top1_agreement is not None:
         figures += f", top-1 agreement {agreement.top1_agreement:.3f}"
     if result.accuracy is not None:
@@ -277,6 +282,11 @@ def _verify_folder(
         report.add("hashes", False, str(exc))
         return
     report.add("hashes", True, f"{len(manifest.files)} files match their sha256 and size; no unlisted files")
+    builds = [r.get("build") for r in manifest.raw.get("artifacts", []) if isinstance(r, dict) and r.get("build_required")]
+    if builds:  # a build bundle (e.g. TensorRT without a GPU at pack time): the device builds, nothing runs yet
+        report.add("build", False, "this bundle carries the files to build its artifacts, not the artifacts: "
+                   + "; ".join(str(b) for b in dict.fromkeys(builds)))
+        return
     decision = _trusted(manifest, sig, report, trust)
     if decision is None:
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -330,3 +331,41 @@ def _group(
                     for i in range(0, total, batch_size))
     labels = None if y is None else tuple(y[i : min(i + batch_size, total)] for i in range(0, total, batch_size))
     return Feeds(batches=batches, labels=labels)
+
+
+def load_data_file(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """A ``.npy`` array (one batched input) or a ``.npz`` of arrays named after the model's inputs (plus
+    ``labels``): data as the CLI takes it. Never unpickles."""
+    from modelport.errors import InputError
+
+    path = Path(path)
+    if path.suffix not in (".npy", ".npz") or not path.is_file():
+        raise InputError(
+            f"Data file {path} {'does not exist' if not path.is_file() else 'is not a .npy or .npz file'}.",
+            fix="save inputs with numpy: np.save('x.npy', batch) for one input, or np.savez('data.npz', "
+            "input_ids=..., attention_mask=..., labels=...) with the model's input names.",
+        )
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"Cannot read {path} as numpy data: {exc}.", fix="save it with np.save or np.savez.") from exc
+
+
+def parse_dynamic_axes(texts: Sequence[str]) -> dict[str, dict[int, str]]:
+    """``input:axis=name`` items (comma-separated or repeated), e.g. ``input_ids:1=seq,attention_mask:1=seq``."""
+    from modelport.errors import InputError
+
+    out: dict[str, dict[int, str]] = {}
+    for item in (p.strip() for t in texts for p in t.split(",")):
+        if not item:
+            continue
+        head, _, dim = item.partition("=")
+        name, _, axis = head.rpartition(":")
+        if not name or not axis.strip().isdigit() or not dim.strip():
+            raise InputError(f"Cannot read dynamic axis '{item}'.", fix="write INPUT:AXIS=NAME, e.g. input_ids:1=seq.")
+        out.setdefault(name.strip(), {})[int(axis)] = dim.strip()
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.core.manifest import Manifest
+from modelport.core.trust import granted
 from modelport.core.profiles import (
     get_profile,
     parse_profile_list,
@@ -27,6 +28,7 @@ from modelport.data.samples import SAMPLES_NAME, load_samples
 from modelport.pipeline.data_plan import _as_feeds
 from modelport.pipeline.references import _accuracy
 from modelport.pipeline.sources import _opt_path
+from modelport.pipeline.trust import folder_trust
 
 if TYPE_CHECKING:
     from modelport.benchmark.results import BenchResults
@@ -46,11 +48,17 @@ def bench(
     dataset_root: str | Path | None = None,
     include_reference: bool = True,
     progress: Progress | None = None,
+    trust: bool = False,
+    trusted_keys: Sequence[Path] = (),
 ) -> "BenchResults":
     """Benchmark every artifact of a ``convert`` output folder in its native runtime.
 
     Writes ``results.json``, ``results.csv``, ``results.md`` and ``report.html`` to ``out`` (default: the folder
     itself) and returns the results. Rows that cannot run here say why; nothing is silently dropped.
+    ``profiles``: names, or ``"all"`` (every artifact in the folder); the default runs the profiles whose runtime
+    and device exist here and lists the others, with why, in ``results.source["profiles_left_out"]``.
+    A file that can run code when loaded is loaded only when this machine produced it or ``trust`` is given
+    (``pipeline.trust``); ``trusted_keys`` check a bundle's signature (``bundle.signing``).
     """
     from modelport.benchmark.runner import BenchConfig
     from modelport.core.files import check_writable_dir
@@ -65,22 +73,32 @@ def bench(
         if is_bundle(source):  # a device bundle (folder or .tar.gz): benchmarked in place with its bundled samples
             from modelport.pipeline.bench_bundle import bench_bundle
 
-            return bench_bundle(source, out=out, config=config, profiles=profiles, progress=progress)
+            return bench_bundle(source, out=out, config=config, profiles=profiles, progress=progress, trust=trust,
+                                trusted_keys=trusted_keys)
+    _no_keys_for_folders(trusted_keys, source)
     folder = source.out_dir if isinstance(source, ConversionResult) else Path(source)
     manifest = Manifest.read(folder)
     folder = folder if folder.is_dir() else folder.parent
     config = config or BenchConfig()
-    # "all" here means every artifact in the folder, including profiles left out of convert's "all" (cpu-aoti)
-    selected = None if profiles in (None, "all", ["all"]) else {p.name for p in parse_profile_list(profiles)}
+    selected, left_out = _selection(manifest, profiles)
     _refuse_changed(manifest, lambda a: _wanted(a, selected, include_reference) or bool(a.details.get("reference")))
+    decision = folder_trust(manifest, folder, trust=trust, wanted=lambda a: _wanted(a, selected, include_reference))
+    for warning in decision.warnings:
+        say(f"warning: {warning}")
 
     input_names = list(manifest.model.get("input_names") or [t.name for t in manifest.artifacts[0].inputs])
     feeds = _bench_feeds(manifest, folder, config, eval_data, input_names, _opt_path(dataset_root))
     say("computing reference outputs")
-    reference, ref_label = _bench_reference(manifest, feeds, config)
+    if decision.reference_program is None:
+        with granted(decision.grants):
+            reference, ref_label = _bench_reference(manifest, feeds, config)
+    else:  # an untrusted torch.export program is never unpickled: the outputs convert stored stand in for it
+        feeds, reference, ref_label = decision.samples_reference(config.eval_batch_size, input_names)
+        say(f"reference: {ref_label}")
     ref_accuracy = _accuracy(reference, feeds) if reference is not None else None
 
-    items = [_folder_item(art) for art in manifest.artifacts if _wanted(art, selected, include_reference)]
+    items = [_folder_item(art, decision.status_for(i))
+             for i, art in enumerate(manifest.artifacts) if _wanted(art, selected, include_reference)]
     plan = BenchPlan(
         items=items,
         feeds=feeds,
@@ -93,11 +111,26 @@ def bench(
             "reference": ref_label,
             "reference_accuracy": ref_accuracy,
             "eval_samples": feeds.num_samples,
+            "evaluation_data": _feeds_source(manifest, eval_data, feeds),
+            "profiles_left_out": left_out,
         },
     )
-    results = run_plan(plan, config, progress)
+    with granted(decision.grants):  # children get the grants in their job
+        results = run_plan(plan, config, progress)
+    decision.annotate(results)
     write_results(results, Path(out) if out is not None else folder)
     return results
+
+
+def _no_keys_for_folders(trusted_keys: Sequence[Path], source: Any) -> None:
+    if trusted_keys:
+        from modelport.errors import InputError
+
+        raise InputError(
+            f"--trusted-key checks the signature of a bundle; {source} is a convert folder, which has none.",
+            fix="leave out --trusted-key (a folder's code-bearing files load when this machine produced them, or with "
+            "--trust), or benchmark the signed bundle made by 'modelport pack --sign'.",
+        )
 
 
 @dataclass
@@ -120,7 +153,7 @@ class BenchPlan:
 
     items: list[BenchItem]
     feeds: Feeds
-    reference: list[np.ndarray] | None
+    reference: Mapping[str, list[np.ndarray]] | list[np.ndarray] | None  # {output name: batches}
     reference_accuracy: float | None
     source: dict[str, Any]
 
@@ -230,7 +263,10 @@ def _refuse_changed(manifest: Manifest, wanted: Callable[[Artifact], bool]) -> N
     from modelport.core.files import artifact_changed
     from modelport.errors import ManifestError
 
-    problems = [why for art in manifest.artifacts if art.ok and wanted(art) and (why := artifact_changed(art))]
+    from modelport.backends.base import MEASURABLE
+
+    usable = [a for a in manifest.artifacts if (a.ok or a.details.get(MEASURABLE)) and wanted(a)]  # failed INT8 runs too
+    problems = [why for art in usable if (why := artifact_changed(art))]
     if problems:
         raise ManifestError(
             f"Refusing to benchmark: {'; '.join(problems)}. These files changed since 'modelport convert' validated "
@@ -239,15 +275,36 @@ def _refuse_changed(manifest: Manifest, wanted: Callable[[Artifact], bool]) -> N
         )
 
 
+def _selection(manifest: Manifest, profiles: str | list[str] | None) -> tuple[set[str] | None, dict[str, str]]:
+    """Which profiles' rows to run, and the folder's profiles the default left out (name → why).
+
+    ``"all"`` → every artifact in the folder (also profiles left out of convert's "all", such as cpu-aoti); names →
+    those; the default → the folder's profiles whose runtime and device exist here.
+    """
+    if profiles is not None:
+        return (None if profiles in ("all", ["all"]) else {p.name for p in parse_profile_list(profiles)}), {}
+    from modelport.backends import profile_runnable
+
+    keep: set[str] = set()
+    left_out: dict[str, str] = {}
+    for name in dict.fromkeys(a.profile for a in manifest.artifacts if a.profile):
+        ok, why = profile_runnable(get_profile(name))
+        if ok:
+            keep.add(name)
+        else:
+            left_out[name] = why
+    return keep, left_out
+
+
 def _wanted(art: Artifact, selected: set[str] | None, include_reference: bool) -> bool:
     if art.profile is None:
         return bool(include_reference and art.details.get("reference") or art.format is Format.ONNX)
     return selected is None or art.profile in selected
 
 
-def _folder_item(art: Artifact) -> BenchItem:
+def _folder_item(art: Artifact, status: str | None = None) -> BenchItem:
     runtime_name, device, label = _runtime_for(art)
-    return BenchItem(artifact=art, runtime=runtime_name, device=device, label=label)
+    return BenchItem(artifact=art, runtime=runtime_name, device=device, label=label, status=status)
 
 
 def _environment_with_threads(threads: int | None) -> dict[str, Any]:
@@ -262,12 +319,18 @@ def _config_dict(config: "BenchConfig") -> dict[str, Any]:
     return d
 
 
+def artifact_label(art: Artifact) -> str:
+    """The row label ``bench`` gives ``art``; the convert summary uses the same, so a row reads alike in both."""
+    return _runtime_for(art)[2]
+
+
 def _runtime_for(art: Artifact) -> tuple[str, str, str]:
     """(runtime name, device, row label) for an artifact of the manifest."""
     if art.format is Format.PYTORCH:
         return "torch", "CPU", "pytorch/fp32 (eager)"
     if art.profile is None:
-        return "onnxruntime", "CPU", f"onnx/{art.precision} (export)"
+        kind = "source" if art.details.get("exporter") in (None, "user") else "export"  # a user's .onnx: not exported
+        return "onnxruntime", "CPU", f"onnx/{art.precision} ({kind})"
     profile = get_profile(art.profile)
     return profile.runtime, profile.device, f"{art.profile}/{art.precision}"
 
@@ -280,8 +343,9 @@ def _bench_feeds(
     input_names: list[str],
     dataset_root: Path | None,
 ) -> Feeds:
-    if eval_data is not None:
-        return _as_feeds(eval_data, input_names, config.eval_batch_size)
+    if eval_data is not None:  # any natural form, checked against the model's inputs
+        specs = [t for t in manifest.artifacts[0].inputs if t.name in input_names] if manifest.artifacts else []
+        return _as_feeds(eval_data, specs if len(specs) == len(input_names) else input_names, config.eval_batch_size)
     desc = manifest.dataset
     if desc.get("name"):
         from modelport.data import load_described
@@ -290,15 +354,35 @@ def _bench_feeds(
         if dataset_root is not None:
             desc["root"] = str(dataset_root)
         ds = load_described(desc)
-        return ds.eval_feeds(batch_size=config.eval_batch_size, limit=config.eval_limit, input_name=input_names[0])
+        from modelport.data import EVAL_SAMPLES  # the evaluation set train and convert used, unless asked otherwise
+
+        limit = config.eval_limit or EVAL_SAMPLES
+        return ds.eval_feeds(batch_size=config.eval_batch_size, limit=limit, input_name=input_names[0])
     feeds, _ = load_samples(folder / SAMPLES_NAME, batch_size=config.eval_batch_size)
     return feeds.renamed(input_names)
 
 
-def _bench_reference(manifest: Manifest, feeds: Feeds, config: "BenchConfig") -> tuple[list[np.ndarray] | None, str]:
-    """Reference outputs from the FP32 PyTorch model, else from the FP32 ONNX export."""
+def _feeds_source(manifest: Manifest, eval_data: Any, feeds: Feeds) -> str:
+    """Which data the rows were evaluated on, in words (printed and recorded like convert's)."""
+    labelled = "labelled" if feeds.labels is not None else "no labels: agreement only, no accuracy"
+    if eval_data is not None:
+        what = f"eval_data ({type(eval_data).__name__})"
+    elif manifest.dataset.get("name"):
+        what = f"dataset '{manifest.dataset['name']}', test split"
+    elif manifest.dataset.get("random"):
+        what = "the random inputs convert validated with (samples.npz): no accuracy"
+    else:
+        what = "the validation samples convert stored (samples.npz)"
+    return f"{what}, {feeds.num_samples} samples, {labelled}"
+
+
+def _bench_reference(
+    manifest: Manifest, feeds: Feeds, config: "BenchConfig"
+) -> tuple[dict[str, list[np.ndarray]] | None, str]:
+    """Every reference output by name, from the FP32 PyTorch model, else from the FP32 ONNX export."""
     from modelport.backends import get_runtime
-    from modelport.evaluation import run_feeds
+    from modelport.evaluation import run_feeds_all
+    from modelport.export.onnx import by_name
 
     for art in manifest.artifacts:
         if not art.details.get("reference") and not (art.profile is None and art.format is Format.ONNX):
@@ -307,7 +391,9 @@ def _bench_reference(manifest: Manifest, feeds: Feeds, config: "BenchConfig") ->
         runtime = get_runtime(runtime_name)
         try:
             with runtime.load(art, device=device, threads=config.threads) as session:
-                return run_feeds(session, feeds), label
+                outs = run_feeds_all(session, feeds)
+            names = [t.name for t in art.outputs] or [f"output_{i}" for i in range(len(outs[0]) if outs else 0)]
+            return by_name(outs, names), label
         except ModelportError:
             continue
     return None, "none"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelport.agreement import top1_accuracy
 from modelport.bundle.manifest import BundleManifest
@@ -125,7 +125,8 @@ def _bundle_plan(bundle: Path, folder: Path, manifest: BundleManifest, device: s
         "eval_samples": feeds.num_samples,
     }
     return BenchPlan(
-        items=items, feeds=feeds, reference=[reference], reference_accuracy=ref_accuracy, source=source
+        items=items, feeds=feeds, reference=_bundle_outputs(manifest, feeds) or [reference],
+        reference_accuracy=ref_accuracy, source=source
     )
 
 
@@ -164,3 +165,12 @@ def _artifact_problems(art, folder: Path, problems: list[str]) -> list[str]:
         (art.path.parent / f).relative_to(folder).as_posix() for f in art.files
     }
     return [p for p in problems if p.split(":", 1)[0] in rels]
+
+
+def _bundle_outputs(manifest: Any, feeds: Any) -> dict[str, list[Any]] | None:
+    """Every reference output the bundle stored, by name, in batches lined up with ``feeds`` (None: first only)."""
+    from modelport.data.samples import load_sample_outputs
+    from modelport.evaluation import _batches
+
+    named = load_sample_outputs(manifest.folder / str(manifest.samples.get("path") or "samples.npz"))
+    return None if named is None else {k: _batches(v, feeds) for k, v in named.items()}

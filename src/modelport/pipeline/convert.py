@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from modelport.core.manifest import Manifest
 from modelport.core.outdir import staged_dir
 from modelport.core.profiles import (
+    check_precisions,
+    choose_profiles,
     parse_precision_list,
-    parse_profile_list,
 )
 from modelport.core.types import (
     Artifact,
@@ -23,7 +24,7 @@ from modelport.core.types import (
 from modelport.errors import InputError
 from modelport.data.samples import SAMPLES_NAME
 from modelport.data.samples import write_samples as _write_samples
-from modelport.pipeline.data_plan import _plan_data
+from modelport.pipeline.data_plan import MIN_CALIBRATION, check_classes, data_request, plan_data, plan_for_onnx, specs_of
 from modelport.pipeline.lower import _lower, _precisions_for
 from modelport.pipeline.references import (
     _accuracy,
@@ -59,6 +60,7 @@ class ConversionResult:
     out_dir: Path
     manifest: Manifest
     skipped: list[str]
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # default profiles that cannot run here
 
     @property
     def artifacts(self) -> list[Artifact]:
@@ -81,31 +83,50 @@ def convert(
     calibration_data: Any = None,
     validation_data: Any = None,
     calibration_size: int = 300,
+    min_calibration: int = MIN_CALIBRATION,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
     output_names: list[str] | None = None,
     trust_pickle: bool = False,
     overwrite: bool = False,
     seed: int = 0,
     recipe: "Recipe | str | Path | None" = None,
     compression_seconds: float | None = None,
+    int8_mode: str | None = None,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Export ``model_or_path`` to ONNX (validated against PyTorch) and lower it for each profile and precision.
 
     ``model_or_path``: an ``nn.Module``, or a ``.safetensors``/``.pt`` state dict (needs ``arch``), or an ``.onnx``
-    file (export skipped). Registry models default to the ``digits`` dataset; any other module needs
-    ``example_inputs`` and either ``dataset`` or ``calibration_data``/``validation_data``.
+    file (export skipped). Registry models default to the ``digits`` dataset; any other model needs a ``dataset``
+    that fits it or ``calibration_data``/``validation_data`` (tensors, arrays, lists of them, lists of dicts, a
+    torch Dataset or DataLoader yielding inputs or (inputs, labels)), except when only FP32 is asked (then random
+    inputs check it, recorded as such). INT8 calibration needs ``min_calibration`` samples. ``dynamic_axes``
+    ({input: {axis: name}}) makes axes beyond the batch dynamic, checked at two sizes. A module in train() mode is
+    converted as an eval-mode copy (said and recorded); the caller's module is never changed.
     Everything is written to a staging folder and moved to ``out`` only when the run finishes.
+    ``profiles``: names, or ``"all"``; the default (``None``) is every profile whose runtime and device exist on
+    this machine, and ``ConversionResult.left_out`` says which others were left out and why.
     ``recipe`` (a ``Recipe`` or a recipe TOML path) compresses the PyTorch model before export; its steps are checked
     before any work, the manifest records each step and the uncompressed model's accuracy, and a recipe ending in a
     lowering step (quantize) defaults ``precisions`` to that step's precision. ``compression_seconds`` caps each
-    step's fine-tuning.
+    step's fine-tuning. ``int8_mode``: ``static`` (calibrated, the default), ``weight-only`` (INT8 weights, no
+    calibration: ``nncf.compress_weights`` for OpenVINO, ``quantize_dynamic`` for ONNX Runtime) or ``dynamic``
+    (ONNX Runtime only); recorded as the lowering step ``int8-mode``.
     """
     say = progress or _quiet
-    profile_list = parse_profile_list(profiles)
+    from modelport.backends import profile_runnable
+
+    choice = choose_profiles(profiles, profile_runnable)  # default: what can run here; "all" or names: those
+    profile_list = choice.profiles
     wanted = parse_precision_list(precisions)
     recipe_obj = _load_recipe(recipe)
+    from modelport.backends.lowering import with_int8_mode
+
+    lowering_step = recipe_obj.lowering_step if recipe_obj is not None else None
+    with_int8_mode(getattr(lowering_step, "lowering", dict)() if lowering_step else None, int8_mode)  # fail early
     if recipe_obj is not None and wanted is None and recipe_obj.lowering_precision is not None:
         wanted = parse_precision_list(recipe_obj.lowering_precision)
+    check_precisions(profile_list, wanted)  # nothing buildable is an error now, not an empty success later
     out_path = Path(out)
     from modelport.core.outdir import check_out_dir
 
@@ -129,6 +150,11 @@ def convert(
         )
     if dataset is None and source.arch is not None and calibration_data is None:
         dataset = "digits"
+    request = data_request(
+        profile_list, wanted, int8_mode=int8_mode, dataset=dataset, dataset_root=_opt_path(dataset_root),
+        calibration_data=calibration_data, validation_data=validation_data, calibration_size=calibration_size,
+        min_calibration=min_calibration, seed=seed, image_size=image_size,
+    )
     if recipe_obj is not None and source.model is None:
         raise InputError(
             f"Recipe '{recipe_obj.name}' needs a PyTorch model, but {model_or_path} is an ONNX file.",
@@ -145,23 +171,7 @@ def convert(
             say("reading the ONNX model")
             onnx_src = onnx_artifact_from_file(source.onnx_path)
             input_names = [t.name for t in onnx_src.inputs]
-            if len(onnx_src.inputs) == 1 and len(onnx_src.inputs[0].shape) == 4 and input_shape is None:
-                dims = onnx_src.inputs[0].shape[1:]
-                if all(isinstance(d, int) for d in dims):
-                    input_shape = tuple(dims)  # type: ignore[assignment]
-            if dataset is None and calibration_data is None and input_shape is not None:
-                dataset = "digits"
-            plan = _plan_data(
-                dataset=dataset,
-                dataset_root=_opt_path(dataset_root),
-                input_names=input_names,
-                input_shape=input_shape,
-                calibration_data=calibration_data,
-                validation_data=validation_data,
-                example_feed=None,
-                calibration_size=calibration_size,
-                seed=seed,
-            )
+            plan = plan_for_onnx(request, onnx_src, dynamic_axes)
             onnx_art = _copy_onnx_source(onnx_src, stage, plan.preprocessing)
             reference = _finite_reference(_onnx_reference(onnx_art, plan.validation), "ONNX model")
             artifacts.append(onnx_art.replace(status=Status.VALIDATED, details={**onnx_art.details, "reference": True}))
@@ -169,17 +179,8 @@ def convert(
             examples = _example_inputs(source, example_inputs, input_shape)
             input_names = list(examples)
             example_feed = {k: v.detach().cpu().numpy() for k, v in examples.items()}
-            plan = _plan_data(
-                dataset=dataset,
-                dataset_root=_opt_path(dataset_root),
-                input_names=input_names,
-                input_shape=input_shape,
-                calibration_data=calibration_data,
-                validation_data=validation_data,
-                example_feed=example_feed,
-                calibration_size=calibration_size,
-                seed=seed,
-            )
+            plan = plan_data(request, specs_of(examples, dynamic_axes), registry=source.arch is not None,
+                             input_shape=input_shape, examples=example_feed)
             if recipe_obj is not None:
                 say(f"applying recipe '{recipe_obj.name}' ({recipe_obj.summary()})")
                 compressed = _apply_recipe(source, recipe_obj, plan, input_names, seed, compression_seconds)
@@ -189,20 +190,22 @@ def convert(
             artifacts.append(torch_art)
             from modelport.export.onnx import (
                 export_onnx,
-                reference_outputs,
+                named_outputs,
                 validate_onnx,
             )
 
-            reference = _finite_reference(reference_outputs(source.model, plan.validation), "PyTorch model")
             say("exporting to ONNX and validating against PyTorch")
             onnx_art = export_onnx(
                 source.model,
                 examples,
                 stage / "onnx" / "model.onnx",
                 output_names=output_names,
+                dynamic_axes=dynamic_axes,
                 preprocessing=plan.preprocessing,
                 parent_sha256=torch_art.sha256,
             )
+            names = [t.name for t in onnx_art.outputs]
+            reference = _finite_reference(named_outputs(source.model, plan.validation, names), "PyTorch model")
             export_precision = _export_precision(compressed)
             if export_precision is Precision.INT8 and wanted is None:
                 wanted = [Precision.INT8]  # a QAT model is quantized already: it lowers at int8 only
@@ -212,8 +215,11 @@ def convert(
             if not onnx_art.ok:
                 say(f"ONNX export {onnx_art.status_text}")
 
+        check_classes(plan, reference)
+        for line in [*source.notes, *plan.summary()]:
+            say(line)
         ref_accuracy = _accuracy(reference, plan.validation)
-        lowering = compressed.lowering if compressed is not None else None
+        lowering = with_int8_mode(compressed.lowering if compressed is not None else None, int8_mode)
         skipped: list[str] = []
         for profile in profile_list:
             for precision in _precisions_for(profile, wanted, skipped):
@@ -245,6 +251,8 @@ def convert(
                 "checkpoint_sha256": source.checkpoint_sha256,
                 "parameters": _count_parameters(source.model),
                 "input_names": input_names,
+                "mode_as_passed": source.mode_as_passed,
+                "notes": list(source.notes),
                 **({"recipe": compressed.manifest_record()} if compressed is not None else {}),
             },
             dataset={**plan.description, "class_names": plan.class_names, "reference_accuracy": ref_accuracy},
@@ -254,14 +262,15 @@ def convert(
         )
         manifest.write(stage)
     manifest.artifacts = [a.replace(path=out_path.absolute() / a.path.relative_to(stage)) for a in manifest.artifacts]
-    return ConversionResult(out_dir=out_path.absolute(), manifest=manifest, skipped=skipped)
+    return ConversionResult(out_dir=out_path.absolute(), manifest=manifest, skipped=skipped, left_out=choice.left_out)
 
 
-def _finite_reference(reference: list[Any], what: str) -> list[Any]:
+def _finite_reference(named: dict[str, list[Any]], what: str) -> dict[str, list[Any]]:
     """The reference every artifact is judged against must be numbers: NaN/Inf outputs (NaN weights, an overflow)
     would make every comparison meaningless, so nothing is converted from such a model."""
     import numpy as np
 
+    reference = [r for batches in named.values() for r in batches]
     bad = sum(int(np.size(r) - np.isfinite(r).sum()) for r in reference if np.issubdtype(np.asarray(r).dtype, np.floating))
     if bad:
         total = sum(int(np.size(r)) for r in reference)
@@ -270,7 +279,7 @@ def _finite_reference(reference: list[Any], what: str) -> list[Any]:
             "there is no reference to validate any artifact against; nothing was converted.",
             fix="check the checkpoint for NaN/Inf weights (a diverged training run) and convert a healthy one.",
         )
-    return reference
+    return named
 
 
 def _now() -> str:

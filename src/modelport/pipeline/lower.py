@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.agreement import judge
+from modelport.agreement import judge_outputs
 from modelport.core.profiles import (
     DeviceProfile,
 )
@@ -42,7 +42,7 @@ def _lower(
     precision: Precision,
     plan: DataPlan,
     stage: Path,
-    reference: list[np.ndarray],
+    reference: Mapping[str, list[np.ndarray]],
     ref_accuracy: float | None,
     options: Mapping[str, Any] | None = None,
     torch_art: Artifact | None = None,
@@ -80,11 +80,17 @@ def _lower(
     if not parent.ok:
         what = "PyTorch reference" if from_torch else "ONNX export"
         return placeholder.failed(f"the {what} it would be lowered from is {parent.status_text}")
-    calibration = plan.calibration if precision is Precision.INT8 else None
     from modelport.backends.lowering import Lowering
+    from modelport.pipeline.int8 import explain_failure, held_out
+    from modelport.pipeline.references import _accuracy
 
+    data = held_out(plan.calibration, plan.validation, reference) if precision is Precision.INT8 else None
+    calibration = data.calibration if data is not None else None
+    validation = data.validation if data is not None else plan.validation
+    if data is not None and data.validation is not plan.validation:
+        reference, ref_accuracy = data.reference, _accuracy(data.reference, data.validation)
     try:
-        lowering = Lowering.from_dict(options, validation=plan.validation)  # feeds typed beside the JSON dict
+        lowering = Lowering.from_dict(options, validation=validation)  # feeds typed beside the JSON dict
         art = converter.convert(
             parent, profile, precision, calibration=calibration, out_dir=out_dir, options=lowering or None
         )
@@ -93,7 +99,13 @@ def _lower(
     except ModelportError as exc:
         return placeholder.failed(exc.message)
     _record_if_code(art)  # before validation loads it: this machine produced it, so it trusts it later too
-    return _validate_lowered(art, profile, plan.validation, reference, ref_accuracy)
+    if data is not None:
+        art = art.replace(details={**art.details, "int8_data": data.record})
+    art = _validate_lowered(art, profile, validation, reference, ref_accuracy)
+    if data is not None and art.status is Status.FAILED and "validation" in art.details:  # ran, missed the rule
+        art = explain_failure(art, converter, parent, profile, calibration=calibration, validation=validation,
+                              options=lowering or None)
+    return art
 
 
 def _record_if_code(art: Artifact) -> None:
@@ -106,9 +118,11 @@ def _record_if_code(art: Artifact) -> None:
 
 
 def _validate_lowered(
-    art: Artifact, profile: DeviceProfile, feeds: Feeds, reference: list[np.ndarray], ref_accuracy: float | None
+    art: Artifact, profile: DeviceProfile, feeds: Feeds, reference: Mapping[str, list[np.ndarray]],
+    ref_accuracy: float | None,
 ) -> Artifact:
-    """Run the artifact in its runtime (on CPU as a functional check when the target device is absent)."""
+    """Run the artifact in its runtime (on CPU as a functional check when the target device is absent) and judge
+    every output against the reference; a failure names the output."""
     from modelport.backends import get_runtime
     from modelport.evaluation import evaluate
 
@@ -139,7 +153,7 @@ def _validate_lowered(
     details = {
         **art.details,
         "validation": {
-            **(result.agreement.to_dict() if result.agreement else {}),
+            **result.record(),
             "accuracy": result.accuracy,
             "accuracy_drop": drop,
             "device": device,
@@ -148,6 +162,6 @@ def _validate_lowered(
     }
     if note:
         details["validation_note"] = note
-    verdict = judge(art.precision, result.agreement, drop) if result.agreement else None
+    verdict = judge_outputs(art.precision, result.per_output, drop) if result.per_output else None
     art = art.replace(details=details)
     return art.failed(verdict) if verdict else art.replace(status=Status.VALIDATED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,31 +26,40 @@ if TYPE_CHECKING:
 
 
 def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: Preprocessing | None) -> Artifact:
-    """The FP32 PyTorch model as safetensors: the eager baseline ``bench`` measures everything against."""
+    """The FP32 PyTorch model as safetensors: the eager baseline ``bench`` measures everything against.
+
+    Outputs are named as the ONNX export names them (dict keys kept). Nested outputs are flattened for the
+    in-process module and the saved program alike, so another process loads the program without the output's
+    Python types (a Hugging Face ``ModelOutput`` is pytree-registered only where transformers is imported)."""
+    from modelport.export.onnx import call_model, eval_mode, flat_module, output_paths
     from modelport.models.checkpoint import save_state_dict
 
     path = stage / "reference" / "model.safetensors"
     sha = save_state_dict(source.model, path)
-    with _torch_no_grad():
-        outs = source.model(**examples) if len(examples) > 1 else source.model(next(iter(examples.values())))
-    outs_list = _as_output_list(outs)
+    import torch
+
+    with _torch_no_grad(), eval_mode(source.model):
+        raw = call_model(source.model, examples)
+    paths = output_paths(raw)
     inputs = tuple(
         TensorSpec(name, ("batch", *tuple(t.shape[1:])), str(t.detach().cpu().numpy().dtype))
         for name, t in examples.items()
     )
     outputs = tuple(
-        TensorSpec(f"output_{i}" if len(outs_list) > 1 else "output", ("batch", *tuple(o.shape[1:])), "float32")
-        for i, o in enumerate(outs_list)
+        TensorSpec(name, ("batch", *tuple(o.shape[1:])), str(o.detach().cpu().float().numpy().dtype)
+                   if o.is_floating_point() else str(o.cpu().numpy().dtype))
+        for name, o in paths
     )
     details: dict[str, Any] = {"arch": source.arch, "model_kwargs": source.model_kwargs, "reference": True}
     if source.arch is None:  # no architecture rebuilds it: keep it in-process and as a program another process loads
         from modelport.backends.torch.runtime import export_program, register_module
 
-        register_module(sha, source.model)
+        module = source.model if isinstance(raw, torch.Tensor) else flat_module(source.model)
+        register_module(sha, module)
         program = path.with_name("model.pt2")
         try:
             # not in ``files``: the row's size stays the weights' (the program repeats them, plus a graph)
-            details.update(program=program.name, program_sha256=export_program(source.model, examples, program))
+            details.update(program=program.name, program_sha256=export_program(module, examples, program))
         except Exception as exc:  # torch.export cannot trace every module: the reference is then in-process only
             details["program_error"] = first_line(exc)[:300]
     return Artifact(
@@ -72,14 +82,6 @@ def _torch_no_grad() -> Any:
     import torch
 
     return torch.inference_mode()
-
-
-def _as_output_list(outs: Any) -> list[Any]:
-    if isinstance(outs, dict):
-        return list(outs.values())
-    if isinstance(outs, (list, tuple)):
-        return list(outs)
-    return [outs]
 
 
 def _versions(*names: str) -> dict[str, str]:
@@ -106,13 +108,17 @@ def _copy_onnx_source(src: Artifact, stage: Path, pre: Preprocessing | None) -> 
     return src.replace(path=target, files=(target.name,), sha256=sha256_file(target), preprocessing=pre)
 
 
-def _onnx_reference(art: Artifact, feeds: Feeds) -> list[np.ndarray]:
-    from modelport.export.onnx import run_onnx
+def _onnx_reference(art: Artifact, feeds: Feeds) -> dict[str, list[np.ndarray]]:
+    """Every output of a user's ONNX model per validation batch, by output name: the reference of its lowerings."""
+    from modelport.export.onnx import by_name, run_onnx_all
 
-    return run_onnx(art.path, feeds)
+    return by_name(run_onnx_all(art.path, feeds), [t.name for t in art.outputs])
 
 
-def _accuracy(outputs: list[np.ndarray], feeds: Feeds) -> float | None:
+def _accuracy(outputs: Mapping[str, list[np.ndarray]] | list[np.ndarray] | None, feeds: Feeds) -> float | None:
+    """Top-1 accuracy of the first output (the class scores of a classifier), None without labels."""
     from modelport.evaluation import top1_accuracy
 
-    return top1_accuracy(outputs, feeds.labels)
+    if isinstance(outputs, Mapping):
+        outputs = next(iter(outputs.values()), None)
+    return top1_accuracy(outputs or [], feeds.labels)

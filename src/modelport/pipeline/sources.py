@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,8 @@ class Source:
     model_kwargs: dict[str, Any]
     checkpoint_sha256: str | None
     kind: str
+    mode_as_passed: str | None = None  # "train"/"eval" for a module the caller passed
+    notes: list[str] = field(default_factory=list)
 
 
 def _load_source(
@@ -53,7 +55,8 @@ def _load_source(
             c, h, _ = model_input_shape(arch, in_channels=in_channels, image_size=image_size)
             classes = num_classes if num_classes is not None else _output_features(model_or_path)
             module_kwargs = {"num_classes": classes or get_spec(arch).num_classes, "in_channels": c, "image_size": h}
-        return Source(model_or_path.eval(), None, arch, module_kwargs, None, "module")
+        model, mode, notes = _in_eval_mode(model_or_path)
+        return Source(model, None, arch, module_kwargs, None, "module", mode, notes)
     if not isinstance(model_or_path, (str, Path)):
         raise InputError(
             f"Cannot convert an object of type {type(model_or_path).__name__}.",
@@ -79,6 +82,23 @@ def _load_source(
     return Source(model, loaded.onnx_path, loaded.arch, kwargs, loaded.sha256, loaded.kind)
 
 
+def _in_eval_mode(model: "torch.nn.Module") -> tuple["torch.nn.Module", str, list[str]]:
+    """The module to convert in eval mode, without touching the caller's: a module passed in train() mode (any
+    submodule training) is converted as an eval-mode copy, and that is said, because dropout and batch-norm
+    statistics make its outputs differ from what the export computes."""
+    import copy
+    import warnings
+
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if not training:
+        return model, "eval", []
+    note = (f"the module was passed in train() mode ({', '.join(training[:3])}{' …' if len(training) > 3 else ''} "
+            "training): it is converted in eval() mode (dropout off, batch norm on its running statistics), as "
+            "deployed models run; your module is left in train() mode. Call model.eval() first to silence this.")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    return copy.deepcopy(model).eval(), "train", [note]
+
+
 def _output_features(model: Any) -> int | None:
     """Out-features of the module's last Linear layer (the class count of a registry classifier), if any."""
     import torch
@@ -94,8 +114,17 @@ def _example_inputs(
     import torch
 
     if example_inputs is not None:
+        if isinstance(example_inputs, np.ndarray):
+            example_inputs = torch.from_numpy(example_inputs)
         if isinstance(example_inputs, torch.Tensor):
             return {"input": example_inputs}
+        if isinstance(example_inputs, (tuple, list)) and example_inputs and source.model is not None:
+            from modelport.export.onnx import _forward_params
+
+            params = _forward_params(source.model)
+            names = params[: len(example_inputs)] if len(params) >= len(example_inputs) else [
+                f"input_{i}" for i in range(len(example_inputs))]
+            example_inputs = dict(zip(names, example_inputs, strict=True))
         if isinstance(example_inputs, Mapping):
             out = {
                 str(k): (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)))
@@ -105,7 +134,8 @@ def _example_inputs(
                 raise InputError("example_inputs is empty.", fix="give {input name: tensor} for every model input.")
             return out
         raise InputError(
-            f"example_inputs must be a tensor or a dict of name → tensor, got {type(example_inputs).__name__}.",
+            f"example_inputs must be a tensor, a tuple of tensors (forward's arguments) or a dict of name → tensor, "
+            f"got {type(example_inputs).__name__}.",
             fix="pass {'input': torch.randn(2, 3, 32, 32)} or similar.",
         )
     if plan_input_shape is None:

@@ -5,17 +5,30 @@
     python run.py --input x.npy        # classify your own preprocessed inputs (N, C, H, W float32)
     python run.py --precision int8     # choose an artifact when the bundle holds several
     python run.py --json               # machine-readable output
+    python run.py --trusted-key k.pub  # also check the bundle's Ed25519 signature (needs the cryptography package)
 
 Exit status: 0 when every check passes, 1 when one fails, 2 for bad usage or input. Written by 'modelport pack';
 needs neither modelport nor torch. Paths are read relative to this file, so it runs from any working directory.
 """
 
-from __future__ import annotations
+import sys
+
+# Before any other import: drop this file's own folder from the import path. Python puts a script's folder first on
+# sys.path, so a numpy.py (or json.py, os.py, __future__.py) beside run.py would be imported instead of the real
+# module; a bundle's folder holds data, never modules (this is what ``python -P`` does). Hence no ``from __future__``
+# here, and only the built-in ``sys`` before the folder is gone (``os`` is not preloaded under ``python -S``).
+if __name__ == "__main__" and sys.path and sys.path[0] and __file__.startswith(sys.path[0].rstrip("/") + "/"):
+    del sys.path[0]
+
+import os  # the order of these imports is the point
+
+_HERE_DIR = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE_DIR]  # also via links and ''
 
 import argparse
+import base64
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +36,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SCHEMA = "modelport.bundle"
 SCHEMA_VERSION = 1
+SIGNATURE = "manifest.sig"
+SIGNED_PREFIX = b"modelport-bundle-signature-v1\x00"  # as modelport.bundle.signing signs
 
 
 class BundleError(Exception):
@@ -37,15 +52,72 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_manifest() -> dict:
+def load_manifest(trusted_key: "Path | None" = None) -> "tuple[dict, str]":
+    """The manifest and what its signature says; with ``trusted_key`` the signature is checked on the very bytes
+    that are then parsed, and a bundle it does not verify is refused."""
     path = HERE / "manifest.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    if trusted_key is not None:
+        signature = check_signature(raw, trusted_key)
+    elif (HERE / SIGNATURE).is_file():
+        signature = "signed, not checked: pass --trusted-key KEY.pub (needs the cryptography package)"
+    else:
+        signature = "unsigned"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path} is not a modelport bundle manifest (schema {SCHEMA} v{SCHEMA_VERSION})")
-    return data
+    return data, signature
+
+
+def check_signature(raw: bytes, key_path: Path) -> str:
+    """``verified: signed by SHA256:…`` when manifest.sig verifies with ``key_path``; a ``BundleError`` otherwise."""
+    sig_path = HERE / SIGNATURE
+    if not sig_path.is_file():
+        raise BundleError(f"--trusted-key was given but this bundle is not signed (no {SIGNATURE}); refusing it")
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError as exc:
+        raise BundleError(
+            f"cannot check the signature: the 'cryptography' package is not installed here ({exc}); install it "
+            "(pip install cryptography) and run again. Without --trusted-key, run.py only checks that the files "
+            "match manifest.json, which does not prove who made the bundle"
+        ) from None
+    key = None
+    try:
+        text = key_path.read_bytes().strip()
+    except OSError as exc:
+        raise BundleError(f"cannot read the key {key_path}: {exc}") from None
+    for loader in (serialization.load_ssh_public_key, serialization.load_pem_public_key):
+        try:
+            key = loader(text)
+            break
+        except Exception:  # noqa: BLE001, S112 - not this format: try the next
+            continue
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"{key_path} is not an Ed25519 public key (an 'ssh-ed25519 AAAA...' line or PEM)")
+    blob = base64.b64decode(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1])
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    try:
+        sig = json.loads(sig_path.read_text(encoding="utf-8"))
+        claimed, signature = str(sig["key"]), base64.b64decode(sig["signature"], validate=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{SIGNATURE} is not a modelport signature ({exc}); refusing the bundle") from None
+    if claimed != fingerprint:
+        raise BundleError(f"the bundle is signed by {claimed}, not by {key_path} ({fingerprint}); refusing it")
+    try:
+        key.verify(signature, SIGNED_PREFIX + raw)
+    except InvalidSignature:
+        raise BundleError(f"the signature by {fingerprint} does not verify: manifest.json or {SIGNATURE} was changed "
+                          "after signing; refusing the bundle") from None
+    return f"verified: signed by {fingerprint}"
 
 
 def check_hashes(manifest: dict) -> list[str]:
@@ -67,7 +139,7 @@ def check_hashes(manifest: dict) -> list[str]:
     return problems
 
 
-def pick_artifact(manifest: dict, precision: str | None) -> dict:
+def pick_artifact(manifest: dict, precision: "str | None") -> dict:
     arts = manifest["artifacts"]
     if precision is None:
         return arts[0]
@@ -80,7 +152,7 @@ def pick_artifact(manifest: dict, precision: str | None) -> dict:
 class Model:
     """One artifact loaded in its runtime; ``run`` checks names, rank, shape, dtype and finiteness first."""
 
-    def __init__(self, art: dict, device: str, threads: int | None) -> None:
+    def __init__(self, art: dict, device: str, threads: "int | None") -> None:
         self.art = art
         self.inputs = art["inputs"]
         path = HERE / art["path"]
@@ -132,7 +204,8 @@ class Model:
         return [np.asarray(o) for o in self._run(feed)]
 
 
-def run_batches(model: Model, inputs: dict, batch: int) -> np.ndarray:
+def run_batches(model: Model, inputs: dict, batch: int) -> list:
+    """Every output of the model over all samples (in batches; a static batch gets padded chunks, trimmed after)."""
     n = len(next(iter(inputs.values())))
     static = model.inputs[0]["shape"][0]
     step = static if isinstance(static, int) and static > 0 else batch
@@ -142,11 +215,11 @@ def run_batches(model: Model, inputs: dict, batch: int) -> np.ndarray:
         got = len(next(iter(chunk.values())))
         if got < step and step == static:
             chunk = {k: np.concatenate([v] + [v[-1:]] * (step - got)) for k, v in chunk.items()}
-        outs.append(model.run({k: np.ascontiguousarray(v) for k, v in chunk.items()})[0][:got])
-    return np.concatenate(outs)
+        outs.append([o[:got] for o in model.run({k: np.ascontiguousarray(v) for k, v in chunk.items()})])
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))] if outs else []
 
 
-def judge(rule: dict, ref: np.ndarray, got: np.ndarray, labels) -> tuple[str | None, dict]:
+def judge(rule: dict, ref: np.ndarray, got: np.ndarray, labels) -> "tuple[str | None, dict]":
     """The same acceptance rules as modelport.agreement.judge, with the thresholds the manifest carries."""
     ref = ref.astype(np.float64).reshape(len(ref), -1)
     got = got.astype(np.float64).reshape(len(got), -1)
@@ -154,23 +227,29 @@ def judge(rule: dict, ref: np.ndarray, got: np.ndarray, labels) -> tuple[str | N
         return f"output shape {got.shape} differs from the reference {ref.shape}", {}
     if not np.isfinite(got).all():
         return "outputs contain NaN/Inf", {}
-    if got.size > 1 and np.ptp(got) == 0:
+    if got.size > 1 and np.ptp(got) == 0 and np.ptp(ref) != 0:
         return "outputs are constant", {}
     diff = np.abs(ref - got)
     a, b = ref.ravel(), got.ravel()
     cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if np.linalg.norm(a) and np.linalg.norm(b) else 0.0
     classes = ref.shape[1] > 1
     top1 = float(np.mean(ref.argmax(1) == got.argmax(1))) if classes else None
-    figures = {"max_abs_diff": float(diff.max()), "cosine": cosine, "top1_agreement": top1, "n": len(ref)}
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    figures = {"max_abs_diff": float(diff.max()) if diff.size else 0.0, "cosine": cosine, "top1_agreement": top1,
+               "n": len(ref), "scale": scale}
     drop = None
     if labels is not None and classes and len(labels) == len(got):
         acc = float(np.mean(got.argmax(1) == labels))
         drop = float(np.mean(ref.argmax(1) == labels)) - acc
         figures.update(accuracy=acc, accuracy_drop=drop)
     kind = rule.get("rule")
-    if kind == "allclose":
-        if not np.all(diff <= rule["atol"] + rule["rtol"] * np.abs(ref)):
-            return f"differs from the reference beyond rtol {rule['rtol']:g}/atol {rule['atol']:g}", figures
+    if kind == "allclose":  # element-wise, or small against the output's scale in the same direction
+        elementwise = bool(np.all(diff <= rule["atol"] + rule["rtol"] * np.abs(ref)))
+        scaled = "max_scaled_diff" in rule and figures["max_abs_diff"] <= max(rule["max_scaled_diff"] * scale,
+                                                                               rule["atol"])
+        if not elementwise and not (scaled and cosine >= rule.get("min_cosine", 1.0)):
+            return (f"differs from the reference: max abs diff {figures['max_abs_diff']:.3g} against the output's "
+                    f"scale {scale:.3g}, cosine {cosine:.7f}"), figures
     elif kind == "cosine":
         if cosine < rule["min_cosine"]:
             return f"cosine similarity {cosine:.5f} < {rule['min_cosine']}", figures
@@ -184,7 +263,7 @@ def judge(rule: dict, ref: np.ndarray, got: np.ndarray, labels) -> tuple[str | N
     return None, figures
 
 
-def self_check(manifest: dict, art: dict, device: str, threads: int | None) -> dict:
+def self_check(manifest: dict, art: dict, device: str, threads: "int | None") -> dict:
     problems = check_hashes(manifest)
     report = {"artifact": art["path"], "precision": art["precision"], "device": device, "hash_problems": problems}
     if problems:
@@ -195,12 +274,22 @@ def self_check(manifest: dict, art: dict, device: str, threads: int | None) -> d
     labels = samples["labels"] if "labels" in samples.files else None
     model = Model(art, device, threads)
     got = run_batches(model, inputs, 32)
-    failure, figures = judge(art["acceptance"], samples["reference"], got, labels)
-    report.update(figures, ok=failure is None, failure=failure)
+    refs = {k.split(":", 1)[1]: samples[k] for k in samples.files if k.startswith("output:")}
+    refs = refs or {"output": samples["reference"]}  # a bundle that stored the first output only
+    if len(refs) > 1 and len(got) != len(refs):
+        report.update(ok=False, failure=f"the model returns {len(got)} outputs, the reference {len(refs)}")
+        return report
+    failure, per_output = None, {}
+    for i, (name, ref) in enumerate(refs.items()):  # every output, each judged on its own
+        why, figures = judge(art["acceptance"], ref, got[i], labels if i == 0 else None)
+        per_output[name] = figures
+        if why and failure is None:
+            failure = f"output '{name}' {why}" if len(refs) > 1 else why
+    report.update(per_output[next(iter(refs))], outputs=per_output, ok=failure is None, failure=failure)
     return report
 
 
-def classify(manifest: dict, art: dict, device: str, threads: int | None, path: Path) -> dict:
+def classify(manifest: dict, art: dict, device: str, threads: "int | None", path: Path) -> dict:
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -214,16 +303,17 @@ def classify(manifest: dict, art: dict, device: str, threads: int | None, path: 
     return {"top1": top, "labels": [labels[i] if i < len(labels) else str(i) for i in top], "shape": list(out.shape)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precision", help="which artifact (default: the first in manifest.json)")
     parser.add_argument("--device", help="runtime device (default: the bundle's profile device)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--input", type=Path, help="a .npy of preprocessed inputs to classify")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--trusted-key", type=Path, help="public key that must have signed this bundle")
     args = parser.parse_args(argv)
     try:
-        manifest = load_manifest()
+        manifest, signature = load_manifest(args.trusted_key)
         device = args.device or manifest["profile"]["device"]
         if args.input is not None:
             art = pick_artifact(manifest, args.precision)
@@ -237,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ok = all(r["ok"] for r in reports)
     if args.json:
-        print(json.dumps({"ok": ok, "artifacts": reports}))
+        print(json.dumps({"ok": ok, "signature": signature, "artifacts": reports}))
+    else:
+        print(f"signature: {signature}", file=sys.stderr)
     for r in reports if not args.json else ():
         if r["ok"]:
             print(f"ok: {r['artifact']} ({r['precision']}) on {device} matches the bundled reference "
