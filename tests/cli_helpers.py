@@ -23,3 +23,19 @@ def run_ok(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert info.value.code in (0, None), capsys.readouterr()
     captured = capsys.readouterr()
     return captured.out + captured.err
+
+
+def run_captured(args: list[str]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``modelport ARGS`` without pytest's capture fixtures (usable in module-scoped
+    fixtures): the CLI's rich consoles write to whatever ``sys.stdout``/``sys.stderr`` are when they print."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+    return code, out.getvalue(), err.getvalue()

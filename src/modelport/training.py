@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelport.data.datasets import EVAL_SAMPLES
 from modelport.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class TrainReport:
     test_accuracy: float
     steps: int = 0
     stopped_early: bool = False  # max_seconds ran out before the last epoch ended
+    test_samples: int = 0  # images the test accuracy was measured on (the model's evaluation set)
 
 
 def train(
@@ -46,8 +48,13 @@ def train(
     seed: int = 0,
     progress: bool = True,
     max_seconds: float | None = None,
+    eval_limit: int | None = EVAL_SAMPLES,
 ) -> TrainReport:
-    """Train ``model`` in place on the train split; the same model, data and seed give the same weights."""
+    """Train ``model`` in place on the train split; the same model, data and seed give the same weights.
+
+    The test accuracy is measured on the first ``eval_limit`` test images (``None``: all of them): by default the
+    evaluation set ``convert`` and ``bench`` use too, so the three show the same figure for the same model.
+    """
     import torch
     from torch.nn import functional
 
@@ -84,9 +91,10 @@ def train(
         if bar is not None:
             bar.stop()
     seconds = (time.perf_counter_ns() - start) / 1e9
-    accuracy = evaluate_torch(model, dataset)
+    accuracy = evaluate_torch(model, dataset, limit=eval_limit)
+    n_test = len(dataset.test_x) if eval_limit is None else min(eval_limit, len(dataset.test_x))
     return TrainReport(epochs=loop.epochs, seconds=seconds, final_loss=loop.final_loss, test_accuracy=accuracy,
-                       steps=loop.steps, stopped_early=loop.stopped)
+                       steps=loop.steps, stopped_early=loop.stopped, test_samples=n_test)
 
 
 @dataclass(frozen=True)
@@ -160,27 +168,34 @@ def run_epochs(
     return LoopReport(epochs_run, steps, final_loss, stopped)
 
 
-def evaluate_torch(model: "nn.Module", dataset: "ImageDataset", batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on the test split; the model's train/eval mode is restored."""
+def evaluate_torch(
+    model: "nn.Module", dataset: "ImageDataset", batch_size: int = 256, *, limit: int | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on the test split, or its first ``limit`` images; the model's
+    train/eval mode is restored."""
     import torch
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.", fix="pass batch_size ≥ 1.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None, got {limit!r}.", fix="pass limit ≥ 1.")
     if len(dataset.test_x) == 0:
         raise InputError(f"Dataset '{dataset.name}' has an empty test split.", fix="use a dataset with test images.")
+    n = len(dataset.test_x) if limit is None else min(limit, len(dataset.test_x))
     device = _device_of(model)
     was_training = model.training
     model.eval()
     correct = 0
     try:
         with torch.inference_mode():
-            for i in range(0, len(dataset.test_x), batch_size):
-                xb = torch.from_numpy(dataset.test_x[i : i + batch_size]).to(device)
+            for i in range(0, n, batch_size):
+                j = min(i + batch_size, n)
+                xb = torch.from_numpy(dataset.test_x[i:j]).to(device)
                 pred = model(xb).argmax(dim=1).cpu().numpy()
-                correct += int((pred == dataset.test_y[i : i + batch_size]).sum())
+                correct += int((pred == dataset.test_y[i:j]).sum())
     finally:
         model.train(was_training)
-    return correct / len(dataset.test_x)
+    return correct / n
 
 
 def _device_of(model: "nn.Module") -> "torch.device":

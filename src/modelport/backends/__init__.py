@@ -14,6 +14,7 @@ in ``core/profiles.toml``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from modelport.errors import unknown_choice
 
 if TYPE_CHECKING:
     from modelport.backends.base import Converter, Runtime
+    from modelport.core.profiles import DeviceProfile
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,24 @@ def get_converter(runtime: str) -> Converter:
     return resolve(BACKENDS[runtime].converter)()  # type: ignore[arg-type]
 
 
+@functools.cache
+def runnable_here(runtime: str, device: str) -> tuple[bool, str]:
+    """Whether ``runtime`` is installed and sees ``device`` on this machine, with the reason when not.
+
+    Cached per process: a run asks once per runtime and device, and says each reason once.
+    """
+    try:
+        rt = get_runtime(runtime)
+        return rt.device_available(device)
+    except Exception as exc:  # noqa: BLE001 - a probe must never stop a run; it only says "not here"
+        return False, f"{runtime} could not be checked: {type(exc).__name__}: {exc}"
+
+
+def profile_runnable(profile: DeviceProfile) -> tuple[bool, str]:
+    """``runnable_here`` for a device profile (``core.profiles.choose_profiles`` takes this)."""
+    return runnable_here(profile.runtime, profile.device)
+
+
 def package_versions() -> dict[str, tuple[str, ...]]:
     """Every distribution whose version results record, keyed by the name reports show (backends in table
     order, the exporter and the quantizer beside them)."""
@@ -189,6 +209,8 @@ __all__ = [
     "get_converter",
     "get_runtime",
     "package_versions",
+    "profile_runnable",
+    "runnable_here",
     "runtime_spec",
     "machine_check",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -76,6 +77,60 @@ def parse_profile_list(text: str | list[str] | tuple[str, ...] | None) -> list[D
     if not names:
         raise InputError("No profile given.", fix=f"pass --profiles with some of: {', '.join(load_profiles())}.")
     return [get_profile(n) for n in names]
+
+
+Runnable = Callable[[DeviceProfile], tuple[bool, str]]
+"""``(ok, why not)`` for a profile on this machine; ``modelport.backends.profile_runnable`` is the real one."""
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The profiles a run works on, and those the default left out because they cannot run here (name → why)."""
+
+    profiles: list[DeviceProfile]
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def left_out_lines(self) -> list[str]:
+        """One short line per distinct reason, naming every profile it applies to."""
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.left_out.items():
+            by_reason.setdefault(why, []).append(name)
+        return [f"{', '.join(names)}: {why}" for why, names in by_reason.items()]
+
+
+def choose_profiles(text: str | list[str] | tuple[str, ...] | None, runnable: Runnable | None = None) -> ProfileChoice:
+    """What ``--profiles`` means: ``None`` (the default) → the profiles of ``"all"`` that can run here, according
+    to ``runnable``; ``"all"`` → every profile in ``"all"``; names → exactly those.
+
+    Building for a device nobody has here is rarely what a first run wants, and its rows would only say
+    "unavailable"; the left-out profiles and why are returned so the caller says so (once).
+    """
+    if text is not None or runnable is None:
+        return ProfileChoice(parse_profile_list("all" if text is None else text))
+    keep: list[DeviceProfile] = []
+    left_out: dict[str, str] = {}
+    for profile in parse_profile_list("all"):
+        ok, why = runnable(profile)
+        if ok:
+            keep.append(profile)
+        else:
+            left_out[profile.name] = why
+    return ProfileChoice(keep, left_out)
+
+
+def check_precisions(profiles: Sequence[DeviceProfile], wanted: Sequence[Precision] | None) -> None:
+    """Refuse a request in which no profile supports any asked precision: it would build nothing and exit 0."""
+    if not wanted or not profiles:
+        return
+    if any(p in profile.precisions for profile in profiles for p in wanted):
+        return
+    asked = ", ".join(str(p) for p in wanted)
+    supported = "; ".join(f"{prof.name}: {', '.join(prof.precisions)}" for prof in profiles)
+    raise InputError(
+        f"No device artifact can be built: none of the profiles asked for supports {asked} ({supported}).",
+        fix="pass --precisions with a precision those profiles support, or add a profile that supports "
+        f"{asked} (see 'modelport list').",
+    )
 
 
 def parse_precision_list(text: str | list[str] | tuple[str, ...] | None) -> list[Precision] | None:

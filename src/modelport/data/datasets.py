@@ -59,6 +59,13 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# The evaluation set of a model: the first EVAL_SAMPLES images of its dataset's test split, in order. Training's
+# test accuracy, convert's validation and bench's accuracy all use it, so one model shows one accuracy figure
+# (digits' test split, 360 images, is used whole). Larger sets cost time in every artifact's validation and bytes
+# in every bundle's samples.npz; ask for more with bench's --eval-limit.
+EVAL_SAMPLES = 512
+
+
 @dataclass
 class ImageDataset:
     """A train/test split of normalised images (N, C, H, W float32) with int64 labels."""
