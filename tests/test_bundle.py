@@ -187,7 +187,7 @@ def test_bundle_verifies_and_benchmarks_from_a_fresh_folder(
     assert [r.label for r in results.rows] == [f"{profile}/fp32", f"{profile}/int8"]
     assert all(r.ok for r in results.rows), [r.status for r in results.rows]
     fp32 = results.rows[0]
-    assert fp32.agreement["allclose_fp32"] and fp32.agreement["n"] == results.source["eval_samples"] == 256
+    assert fp32.agreement["allclose_fp32"] and fp32.agreement["n"] == results.source["eval_samples"] == 360  # digits: the whole test split
     assert fp32.accuracy == pytest.approx(results.source["reference_accuracy"])
     assert set(fp32.latency) == {1, 4} and fp32.path == f"{profile}/fp32/" + ("model.xml" if profile == "intel-cpu" else "model.onnx")
     assert results.source["bundle"] == str(bundle) and results.source["profile"]["name"] == profile
@@ -236,7 +236,7 @@ def test_standalone_run_py_needs_only_numpy_and_the_runtime(bundles: dict[str, P
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["ok"] and [a["precision"] for a in report["artifacts"]] == ["fp32", "int8"]
-        assert report["artifacts"][0]["max_abs_diff"] < 1e-4 and report["artifacts"][0]["n"] == 256
+        assert report["artifacts"][0]["max_abs_diff"] < 1e-4 and report["artifacts"][0]["n"] == 360
 
     folder = tmp_path / "legacy-cpu"
     x = np.load(folder / "samples.npz")["input:input"][:3]

@@ -325,7 +325,7 @@ def test_convert_with_quantize_recipes_records_settings_and_accuracy_control(tra
     result = convert(trained, out=tmp_path / "acc", recipe=acc, **common)
     rows = {a.profile: a for a in Manifest.read(result.out_dir).artifacts if a.profile}
     control = rows["intel-cpu"].details["accuracy_control"]
-    assert rows["intel-cpu"].ok and control["met"] and control["validation_samples"] == 256
+    assert rows["intel-cpu"].ok and control["met"] and control["validation_samples"] == 360
     assert not rows["legacy-cpu"].ok and "OpenVINO-only" in rows["legacy-cpu"].status_detail
 
 

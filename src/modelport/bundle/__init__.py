@@ -50,7 +50,17 @@ def opened_bundle(path: str | Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="modelport-bundle-") as tmp:
         folder = Path(tmp) / "bundle"
         safe_extract(path, folder)
-        yield folder
+        yield _bundle_root(folder)
+
+
+def _bundle_root(folder: Path) -> Path:
+    """Where the manifest is: the archive's one top-level folder (what pack writes), or its root (older bundles)."""
+    if (folder / BUNDLE_MANIFEST).exists():
+        return folder
+    entries = list(folder.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return folder
 
 
 __all__ = ["is_bundle", "opened_bundle"]

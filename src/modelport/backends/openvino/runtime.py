@@ -30,6 +30,15 @@ def _type_name(value: Any) -> str:
     return str(get()) if callable(get) else str(value)
 
 
+def _precision_note(device: str, inference_precision: str, precision: Precision) -> str:
+    """What the plugin's default precision means for this artifact. An INT8 IR runs its quantized layers in INT8;
+    the hint only governs the layers left in floating point, and the note must not read as if INT8 were unused."""
+    if precision is Precision.INT8:
+        return (f"OpenVINO {device}: quantized layers run in INT8, the non-quantized layers at {inference_precision} "
+                "(plugin default)")
+    return f"OpenVINO {device} runs at {inference_precision} (plugin default)"
+
+
 class OpenVinoSession(Session):
     """One compiled model and one ``InferRequest``, created on enter."""
 
@@ -64,7 +73,7 @@ class OpenVinoSession(Session):
         except RuntimeError:  # not every plugin reports it (NPU); nothing to record then
             self.inference_precision = None
         if self.inference_precision and "INFERENCE_PRECISION_HINT" not in self.config:
-            self.notes.append(f"OpenVINO {self.device} runs at {self.inference_precision} (plugin default)")
+            self.notes.append(_precision_note(self.device, self.inference_precision, self.artifact.precision))
 
     def _infer(self, feed: Feed) -> list[np.ndarray]:
         # share_inputs avoids one copy per call (the call is synchronous); share_outputs=False returns copies,

@@ -90,10 +90,9 @@ class TensorRtConverter(Converter):
                 [ONNX_NAME, SCRIPT_NAME, PREFLIGHT_NAME, BUNDLE_NAME]
                 + ([CALIBRATION_NAME] if precision is Precision.INT8 else [])
             )
-            raise RuntimeUnavailableError(
-                f"The {precision} TensorRT engine for '{profile.name}' cannot be built on this machine: {why} "
-                f"The device bundle was written to {out_dir} ({written}).",
-                fix=f"copy {out_dir} to the device (NVIDIA GPU with TensorRT 10) and run 'bash {SCRIPT_NAME}' there"
+            raise RuntimeUnavailableError(  # the same words for every precision: a table says the reason once
+                f"{why} The files to build the engine on the device were written instead.",
+                fix=f"copy {out_dir} ({written}) to the device (NVIDIA GPU with TensorRT 10) and run 'bash {SCRIPT_NAME}' there"
                 + (" or, for INT8 calibrated from calibration.npz, 'python -m modelport.backends.tensorrt.convert <folder>'"
                    if precision is Precision.INT8 else "")
                 + ".",

@@ -21,7 +21,7 @@ PREFLIGHT_NAME = "preflight.json"
 BUNDLE_NAME = "bundle.json"
 TIMING_CACHE_NAME = "timing.cache"
 
-_UNAVAILABLE_PREFIX = "TensorRT is not installed (pip install tensorrt, from NVIDIA's index) and/or no CUDA GPU: "
+_UNAVAILABLE_PREFIX = "TensorRT cannot run here: "  # followed by each missing piece, said once
 _CALIBRATORS = ("entropy", "minmax")
 
 
@@ -32,12 +32,12 @@ def tensorrt_availability() -> tuple[bool, str]:
     """``(True, "TensorRT <v> on <gpu>")`` or ``(False, what is missing)``; never raises. Shared with the runtime."""
     missing: list[str] = []
     if importlib.util.find_spec("tensorrt") is None:
-        missing.append("the 'tensorrt' Python package is not installed")
+        missing.append("no 'tensorrt' package (pip install tensorrt, from NVIDIA's index)")
     try:
         import torch
 
         if not torch.cuda.is_available():
-            missing.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+            missing.append("no CUDA GPU (torch.cuda.is_available() is False)")
     except ImportError:
         missing.append("torch is not installed, so no CUDA device can be allocated")
     if missing:
