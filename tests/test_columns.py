@@ -121,3 +121,8 @@ def test_implausible_figures_make_the_row_invalid_with_the_reason(field: str, va
                if c.key in ("accuracy", "p50_ms_b{b}", "load_ms"))  # no figure printed for an invalid row
     failed = row_view("m", dataclasses.replace(_row("t4/fp32", "fp32", status="failed: x")).to_dict() | {field: value})
     assert failed.state is RowState.FAILED  # a row that did not run keeps its own reason
+
+
+def test_a_run_without_rows_renders_everywhere(tmp_path: Path) -> None:
+    outputs = _outputs(BenchResults(), tmp_path)
+    assert "artifact" in outputs["terminal"] and outputs["csv"].startswith("label,")

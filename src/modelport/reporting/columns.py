@@ -624,7 +624,7 @@ def _need(c: Column, cells: list[str], head: str, statuses: list[RowStatus]) -> 
     """Characters the column needs unwrapped: its widest header line and its longest cell."""
     width = max(len(line) for line in head.splitlines())
     if c.role == "status":
-        return max(width, *(len(str(s.state)) + (6 if s.reason else 0) for s in statuses))
+        return max([width, *(len(str(s.state)) + (6 if s.reason else 0) for s in statuses)])
     if c.role == "notes":
         return max(width, 10)
     longest = max((len(t) for t in cells), default=0)
@@ -694,7 +694,29 @@ def terminal_table(
 
 
 __all__ = [
-    "COLUMNS", "CSV", "Column", "DASH", "DISPLAYS", "EVERYWHERE", "FILES_ONLY", "HTML", "MARKDOWN", "NA",
-    "RowView", "SWEEP_COLUMNS", "TERMINAL", "TerminalTable", "add_speedups", "by_batch", "csv_table",
-    "largest_batch_of", "markdown_table", "num", "row_view", "shown", "speedup", "terminal_table", "views_of",
+    "COLUMNS",
+    "CSV",
+    "DASH",
+    "DISPLAYS",
+    "EVERYWHERE",
+    "FILES_ONLY",
+    "HTML",
+    "MARKDOWN",
+    "NA",
+    "SWEEP_COLUMNS",
+    "TERMINAL",
+    "Column",
+    "RowView",
+    "TerminalTable",
+    "add_speedups",
+    "by_batch",
+    "csv_table",
+    "largest_batch_of",
+    "markdown_table",
+    "num",
+    "row_view",
+    "shown",
+    "speedup",
+    "terminal_table",
+    "views_of",
 ]

@@ -188,8 +188,8 @@ def render_conversion(result: Any, console: "Console", *, width: int | None = No
     samples = next((n for a in result.artifacts if (n := (a.details.get("validation") or {}).get("samples"))), None)
     for art, name in zip(result.artifacts, names, strict=True):
         status, colour = _conversion_status(art)
-        if ":" in status:
-            word, reason = status.split(":", 1)
+        if ":" in status:  # the reason goes under the table, once however many rows share it
+            word = status.split(":", 1)[0]
             status = f"{word} [{footnotes.setdefault(status.strip(), len(footnotes) + 1)}]"
         cells = [safe_text(name)]
         if width >= 100:
