@@ -31,6 +31,7 @@ import numpy as np
 
 from modelport.backends.base import Converter
 from modelport.core.files import atomic_path, atomic_write_json, sha256_file
+from modelport.core.trust import record_produced
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision
 from modelport.data.feeds import Feeds
@@ -400,6 +401,7 @@ class AotiConverter(Converter):
             compile_s = time.perf_counter() - t0
             check = _self_check(tmp, module, artifact, precision, torch_device)
         sha = sha256_file(package)
+        record_produced(package, Format.AOTI_PACKAGE, sha256=sha)  # compiled here: this machine may load it later
         sidecar = {
             "schema": SIDECAR_SCHEMA,
             "version": SIDECAR_VERSION,

@@ -117,17 +117,21 @@ def _lowering_plan(options: Mapping[str, Any] | None, precision: Precision) -> A
             "Accuracy-controlled quantization (quantize-accuracy) is not available for TensorRT engines.",
             fix="use an OpenVINO profile for quantize-accuracy, or the plain 'quantize' step for TensorRT.",
         )
-    if given.get("mode") == "dynamic":
+    if given.get("mode") in ("dynamic", "weight-only"):
         raise ConversionError(
-            "Dynamic INT8 quantization is not available for TensorRT engines (TensorRT INT8 is calibrated, static).",
+            f"{given['mode'].capitalize()} INT8 quantization is not available for TensorRT engines in modelport "
+            "(TensorRT INT8 is calibrated, static).",
             fix="use mode = 'static' (or drop mode) for TensorRT profiles.",
         )
     return plan
 
 
 def engine_artifact(bundle: Bundle, sidecar: dict[str, Any], source: Artifact | None = None) -> Artifact:
-    """The ``Artifact`` record of a built engine."""
+    """The ``Artifact`` record of a built engine (recorded as produced here: this machine may load it later)."""
+    from modelport.core.trust import record_produced
+
     engine = bundle.directory / ENGINE_NAME
+    record_produced(engine, Format.TENSORRT_ENGINE)
     tools = dict(source.tools) if source is not None else {}
     tools["tensorrt"] = str(sidecar["tensorrt_version"])
     return Artifact(
