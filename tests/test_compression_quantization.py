@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from modelport.backends.lowering import Lowering
 from modelport.compression import CompressionData, StepStage, get_step
 from modelport.export.onnx import export_onnx
 from modelport.backends.onnxruntime.convert import OnnxRuntimeConverter
@@ -244,7 +245,7 @@ def test_openvino_ignored_scope_layer_stays_fp32_in_the_ir(onnx_art, calibration
 
 
 def test_accuracy_control_meets_max_drop_on_digits(onnx_art, calibration, validation, tmp_path):
-    options = {**_lowering("quantize-accuracy", max_drop=0.003), "validation_feeds": validation}
+    options = Lowering.from_dict(_lowering("quantize-accuracy", max_drop=0.003), validation=validation)
     ir = OpenVinoConverter().convert(onnx_art, get_profile("intel-cpu"), Precision.INT8, calibration=calibration,
                                      out_dir=tmp_path / "acc", options=options)
     report = ir.details["accuracy_control"]
@@ -374,13 +375,13 @@ def test_qat_needs_data_and_refuses_a_model_quantized_already(digits):
         get_step("qat").apply(quantized, CompressionData(dataset=digits))
 
 
-def test_complete_qdq_is_lossless_and_lets_onnx_runtime_quantize_the_gemm(tmp_path):
+def _qat_like_model(path: Path, weight_bits: int) -> None:
+    """DequantizeLinear → MaxPool → Flatten → Gemm with a dequantized INT8 weight: what NNCF's QAT export writes."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from modelport.backends.onnxruntime.convert import complete_qdq
-
     rng = np.random.default_rng(0)
-    w = rng.integers(-127, 128, size=(8, 4 * 2 * 2), dtype=np.int8)
+    top = 2 ** (weight_bits - 1)
+    w = rng.integers(-top + 1, top, size=(8, 4 * 2 * 2), dtype=np.int8)
     inits = [
         numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "zp"),
         numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.full(8, 0.01, np.float32), "ws"),
@@ -400,22 +401,73 @@ def test_complete_qdq_is_lossless_and_lets_onnx_runtime_quantize_the_gemm(tmp_pa
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    onnx.save(model, str(tmp_path / "src.onnx"))
-    assert complete_qdq(tmp_path / "src.onnx", tmp_path / "done.onnx") == ["fc"]
-    x = rng.standard_normal((16, 4, 4, 4)).astype(np.float32)
-    outs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-            for f in ("src.onnx", "done.onnx")]
-    np.testing.assert_array_equal(outs[0], outs[1])  # the added pair changes no value
+    onnx.save(model, str(path))
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("weight_bits", [8, 7])
+def test_complete_qdq_is_lossless_and_lets_onnx_runtime_quantize_the_gemm(tmp_path, weight_bits, monkeypatch):
+    """Issue 10 item 6: on a CPU without VNNI, ONNX Runtime's u8s8 QGemm saturates on 8-bit weights (8.6 vs 6.0),
+    so the completion must not hand it such a layer there. The numbers are real on whichever CPU runs this: a
+    completed layer must give exactly the values of the uncompleted model on this machine."""
+    from modelport.backends.onnxruntime.convert import complete_qdq
+    from modelport.core.cpu import CPU_FLAGS_ENV, cpu_info
+
+    monkeypatch.delenv(CPU_FLAGS_ENV, raising=False)
+    vnni = cpu_info().vnni  # this machine's real INT8 arithmetic
+    _qat_like_model(tmp_path / "src.onnx", weight_bits)
+    done = complete_qdq(tmp_path / "src.onnx", tmp_path / "done.onnx")
+    x = np.random.default_rng(1).standard_normal((16, 4, 4, 4)).astype(np.float32)
+    if weight_bits == 8 and not vnni:
+        assert done.changed == [] and "saturate" in done.skipped["fc"] and not (tmp_path / "done.onnx").exists()
+        return
+    assert done.changed == ["fc"] and done.skipped == {}
+    np.testing.assert_array_equal(_run(tmp_path / "src.onnx", x), _run(tmp_path / "done.onnx", x))  # lossless here
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(tmp_path / "done.onnx"), opts, providers=["CPUExecutionProvider"])
     assert "QGemm" in _ops(onnx.load(str(tmp_path / "opt.onnx")))
-    assert complete_qdq(tmp_path / "done.onnx", tmp_path / "again.onnx") == []  # nothing left to complete
+    assert complete_qdq(tmp_path / "done.onnx", tmp_path / "again.onnx").changed == []  # nothing left to complete
+
+
+def test_complete_qdq_for_a_cpu_without_vnni_completes_7_bit_weights_only(tmp_path, monkeypatch):
+    """The no-VNNI decision, taken on any machine (profile int8_target_cpu = 'avx2', or MODELPORT_CPU_FLAGS)."""
+    from modelport.backends.onnxruntime.convert import SAFE_WEIGHT_MAGNITUDE, complete_qdq
+    from modelport.core.cpu import CPU_FLAGS_ENV
+
+    _qat_like_model(tmp_path / "w8.onnx", 8)
+    _qat_like_model(tmp_path / "w7.onnx", 7)
+    wide = complete_qdq(tmp_path / "w8.onnx", tmp_path / "w8done.onnx", target_vnni=False)
+    assert wide.changed == [] and set(wide.skipped) == {"fc"} and wide.wide_weights == ["fc"]
+    narrow = complete_qdq(tmp_path / "w7.onnx", tmp_path / "w7done.onnx", target_vnni=False)
+    assert narrow.changed == ["fc"] and narrow.wide_weights == []
+    x = np.random.default_rng(2).standard_normal((8, 4, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(tmp_path / "w7.onnx", x), _run(tmp_path / "w7done.onnx", x))
+    assert 2 * 255 * SAFE_WEIGHT_MAGNITUDE <= 2**15 - 1  # two u8×s8 products fit vpmaddubsw's int16
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2,fma")  # this machine, as the decisions see it, lacks VNNI
+    assert complete_qdq(tmp_path / "w8.onnx", tmp_path / "w8env.onnx").changed == []
+
+
+def test_lowering_a_qat_model_for_legacy_cpu_never_completes_8_bit_layers(tmp_path):
+    """legacy-cpu declares a CPU without VNNI: the ONNX Runtime converter completes only what is safe there and
+    warns about the 8-bit weights the model itself quantized."""
+    from modelport.export.onnx import onnx_artifact_from_file
+
+    _qat_like_model(tmp_path / "w8.onnx", 8)
+    art = OnnxRuntimeConverter().convert(
+        onnx_artifact_from_file(tmp_path / "w8.onnx"), get_profile("legacy-cpu"), Precision.INT8, calibration=None,
+        out_dir=tmp_path / "out",
+    )
+    assert art.details["qdq_completed"] == [] and "fc" in art.details["qdq_not_completed"]
+    assert "int8_target_cpu = 'avx2'" in art.details["target_cpu"] and "overflow_fix" in art.details["int8_warning"]
 
 
 def test_accuracy_control_on_a_static_batch_profile_keeps_labels_with_samples(onnx_art, calibration, digits, tmp_path):
     validation = digits.eval_feeds(batch_size=60, limit=120)
-    options = {**_lowering("quantize-accuracy", max_drop=0.01, subset_size=16), "validation_feeds": validation}
+    options = Lowering.from_dict(_lowering("quantize-accuracy", max_drop=0.01, subset_size=16), validation=validation)
     ir = OpenVinoConverter().convert(onnx_art, get_profile("core-ultra-npu"), Precision.INT8, calibration=calibration,
                                      out_dir=tmp_path / "npu", options=options)
     report = ir.details["accuracy_control"]

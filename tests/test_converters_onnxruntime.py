@@ -75,7 +75,12 @@ def test_int8_agrees_with_torch(setup, tmp_path: Path, options: dict, marker_op:
     )
     assert out.precision is Precision.INT8 and out.size_bytes < art.size_bytes * 0.6
     d = out.details
-    assert d["format"] == options["int8_format"] and d["reduce_range"] == options.get("int8_reduce_range", False)
+    from modelport.core.cpu import cpu_info
+
+    # not given: 7-bit weights exactly where this machine (the profile declares no target CPU) lacks VNNI
+    assert d["format"] == options["int8_format"]
+    assert d["reduce_range"] == options.get("int8_reduce_range", not cpu_info().vnni)
+    assert d["int8_options"]["sources"]["quant_format"].startswith("profile")
     assert d["per_channel"] is True and d["calibration_method"] == "minmax" and d["calibration_samples"] == 100
     assert marker_op in {n.op_type for n in onnx.load(str(out.path)).graph.node}
 

@@ -802,10 +802,14 @@ def _print_int8_diagnosis(result: Any, out: Console) -> None:
         diagnosis = art.details.get("int8_diagnosis")
         if not diagnosis:
             continue
-        layers = diagnosis.get("most_sensitive_layers") or []
+        ranked = ((diagnosis.get("sensitivity") or {}).get("layers") or [])[:3]
+        most = ", ".join(f"{d.get('layer')} (closes {100 * float(d.get('recovered') or 0):.0f} % of the gap)"
+                         for d in ranked)
         out.print(f"[yellow]{safe_text(f'{art.profile}/{art.precision}')} failed: {safe_text(art.status_detail)}"
-                  + (f"; most sensitive layers: {safe_text(', '.join(layers))}" if layers else "") + "[/yellow]",
+                  + (f"; most sensitive layers: {safe_text(most)}" if most else "") + "[/yellow]",
                   highlight=False, soft_wrap=True)
+        if diagnosis.get("finding"):
+            out.print(f"  {safe_text(diagnosis['finding'])}", highlight=False, soft_wrap=True)
         for i, step in enumerate(diagnosis.get("next_steps") or [], 1):
             out.print(f"  {i}. {safe_text(step)}", highlight=False, soft_wrap=True)
 

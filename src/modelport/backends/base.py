@@ -26,6 +26,9 @@ from modelport.errors import (
 )
 
 Feed = dict[str, np.ndarray]
+# Artifact details key: the artifact failed its acceptance rule at convert but loads and runs, so ``bench`` times it
+# and keeps the failed status (what INT8 would have bought is part of the decision).
+MEASURABLE = "measurable"
 
 
 class Session(ABC):
@@ -231,6 +234,21 @@ class Converter(ABC):
         options: Mapping[str, Any] | None = None,
     ) -> Artifact:
         """Produce the target artifact; raise ``ConversionError`` with the reason on failure."""
+
+    def int8_sensitivity(
+        self,
+        source: Artifact,
+        int8: Artifact,
+        profile: DeviceProfile,
+        *,
+        calibration: Feeds | None,
+        probe: Feeds,
+        options: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Per-layer INT8 error against FP32 for an artifact that failed its acceptance rule: a JSON-able dict with
+        ``layers`` (most sensitive first, each named as this converter's ``ignored_scope`` takes it), ``method``
+        and ``metric``. Default: ``None``, this converter has no such report."""
+        return None
 
     def require_ready(self, artifact: Artifact, label: str) -> None:
         """Refuse a source of another format (``ConversionError``) and a missing runtime

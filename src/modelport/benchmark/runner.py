@@ -376,9 +376,12 @@ def _keep_failed_with_figures(row: ArtifactResult, artifact: Artifact) -> None:
     if row.latency:
         b = min(row.latency)
         row.add_note(f"timed although it failed validation: p50 {row.latency[b].p50:.3f} ms at batch {b}")
-    steps = (artifact.details.get("int8_diagnosis") or {}).get("most_sensitive_layers")
-    if steps:
-        row.add_note(f"most sensitive layers: {', '.join(steps[:3])}")
+    diagnosis = artifact.details.get("int8_diagnosis") or {}
+    ranked = [str(d.get("layer")) for d in ((diagnosis.get("sensitivity") or {}).get("layers") or [])[:3]]
+    if ranked:
+        row.add_note(f"most sensitive layers: {', '.join(ranked)}")
+    if diagnosis.get("next_steps"):
+        row.add_note(f"next: {diagnosis['next_steps'][0]}")
 
 
 def benchmark_artifact(

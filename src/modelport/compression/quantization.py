@@ -9,11 +9,10 @@ OpenVINO profiles, ``onnxruntime.quantization`` on the ONNX model for ONNX Runti
      "precision": "int8" | "fp16",          # lower at this precision; other precisions ignore the settings
      "quantization": {…}}                   # only the settings given (profile int8_* keys fill the rest)
 
-with the ``quantization`` keys listed in ``modelport.backends.lowering`` (``preset``, ``ignored_scope``
-{names, patterns, types}, ``subset_size``, ``fast_bias_correction``, ``model_type``, ``max_drop``, ``drop_type``,
-``max_num_iterations``; ``mode``, ``quant_format``, ``calibrate_method``, ``per_channel``, ``reduce_range``,
-``activation_type``, ``weight_type``). It is JSON-able (record it in the manifest as is); the pipeline adds the
-labelled validation feeds for accuracy control. Recipes should lower only at ``precision``.
+with the ``quantization`` keys defined (names, allowed values, defaults and how the defaults follow the CPU and
+the model) in ``modelport.backends.lowering``, the one place for them. It is JSON-able (record it in the manifest as
+is); the pipeline hands the labelled validation feeds for accuracy control beside it (``Lowering.validation``).
+Recipes should lower only at ``precision``.
 
 ``qat`` is stage ``model``: NNCF inserts fake-quantizers into the PyTorch model (calibrated on the train split),
 fine-tunes it, and sets the quantizers to export as ONNX QuantizeLinear/DequantizeLinear pairs. The converters see
@@ -24,37 +23,21 @@ PyTorch model at INT8 tolerances: the two round at slightly different points).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from modelport.backends.lowering import CALIBRATED_KEYS, CHOICES, OVERFLOW_FIX, PRESETS, SCOPE_KEYS
 from modelport.compression.base import CompressionData, CompressionStep, StepOutcome, StepStage
+from modelport.errors import InputError
 
 if TYPE_CHECKING:
     from torch import nn
 
-PRESETS = ("performance", "mixed")
-MODEL_TYPES = ("none", "transformer")
-MODES = ("static", "dynamic")
-QUANT_FORMATS = ("qdq", "qoperator")
-CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
-INT_TYPES = ("uint8", "int8")
-DROP_TYPES = ("absolute", "relative")
-SCOPE_KEYS = ("names", "patterns", "types")
-
-# choice parameters: accepted in any case ("QDQ", "MinMax"), stored lower-case
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "preset": PRESETS,
-    "model_type": MODEL_TYPES,
-    "mode": MODES,
-    "quant_format": QUANT_FORMATS,
-    "calibrate_method": CALIBRATE_METHODS,
-    "activation_type": INT_TYPES,
-    "weight_type": INT_TYPES,
-    "drop_type": DROP_TYPES,
-    "precision": ("int8", "fp16"),
-}
+# the settings' names and allowed values are defined once, in modelport.backends.lowering
+_CHOICES: dict[str, tuple[str, ...]] = {**CHOICES, "precision": ("int8", "fp16")}
 
 
 def _normalise(params: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +127,8 @@ def _applied_by(lowering: dict[str, Any]) -> str:
         return "OpenVINO compress_to_fp16 (ONNX Runtime on CPU has no FP16 path)"
     if "max_drop" in lowering["quantization"]:
         return "nncf.quantize_with_accuracy_control on the OpenVINO model (OpenVINO profiles only)"
+    if lowering["quantization"].get("mode") == "weight-only":
+        return "nncf.compress_weights (INT8) on the OpenVINO model; onnxruntime.quantization.quantize_dynamic on the ONNX model"
     return "nncf.quantize on the OpenVINO model; onnxruntime.quantization on the ONNX model"
 
 
@@ -157,9 +142,10 @@ class PtqParams:
     ignored_scope: dict[str, Any] | None = None  # {names, patterns, types}: layers kept in FP32
     subset_size: int | None = None  # calibration samples used
     fast_bias_correction: bool | None = None
-    model_type: str | None = None  # none | transformer
+    model_type: str | None = None  # none | transformer (default: transformer when the graph has attention)
+    overflow_fix: str | None = None  # enable | disable | first_layer_only (default: enable on CPUs without VNNI)
+    mode: str | None = None  # static | dynamic (ONNX Runtime) | weight-only (both: INT8 weights, no calibration)
     # ONNX Runtime (onnxruntime.quantization)
-    mode: str | None = None  # static | dynamic
     quant_format: str | None = None  # qdq | qoperator (profile int8_format)
     calibrate_method: str | None = None  # minmax | entropy | percentile (profile int8_calibration)
     per_channel: bool | None = None
@@ -182,15 +168,15 @@ class PostTrainingQuantization(_QuantStep):
                 f"{', '.join(sorted(given))}: int8 settings; precision = 'fp16' takes no other setting.",
                 fix="remove them, or set precision = 'int8'.",
             )
-        if params.mode == "dynamic":
+        if params.mode in ("dynamic", "weight-only"):
             calibrated = sorted(
-                k for k in ("calibrate_method", "subset_size", "preset", "fast_bias_correction", "model_type")
-                if getattr(params, k) is not None
+                k for k in CALIBRATED_KEYS
+                if getattr(params, k, None) is not None and k not in ("quant_format", "activation_type")
             )
             if calibrated:
                 raise self.error(
-                    f"mode = 'dynamic' computes activation ranges at run time (ONNX Runtime only), so "
-                    f"{', '.join(calibrated)} cannot apply.",
+                    f"mode = '{params.mode}' quantizes weights only ahead of time (activations stay floating point "
+                    f"or are quantized at run time), so {', '.join(calibrated)} cannot apply.",
                     fix="remove them, or use mode = 'static'.",
                 )
             if params.quant_format == "qdq":
@@ -225,6 +211,7 @@ class AccuracyParams:
     subset_size: int | None = None
     fast_bias_correction: bool | None = None
     model_type: str | None = None
+    overflow_fix: str | None = None
 
 
 class AccuracyControlledQuantization(_QuantStep):
@@ -268,6 +255,7 @@ class QatParams:
     preset: str | None = None  # performance | mixed
     fast_bias_correction: bool = True
     ignored_scope: dict[str, Any] | None = None  # NNCF torch-graph names/patterns/types, e.g. patterns ['classifier.*']
+    overflow_fix: str | None = None  # enable | disable | first_layer_only (default: enable on a CPU without VNNI)
 
 
 class QuantizationAwareTraining(CompressionStep):
@@ -293,12 +281,27 @@ class QuantizationAwareTraining(CompressionStep):
         if params.preset is not None and params.preset not in PRESETS:
             raise self.error(f"preset must be one of {', '.join(PRESETS)}, got {params.preset!r}.",
                              fix="set preset to performance or mixed.")
+        if params.overflow_fix is not None and params.overflow_fix not in OVERFLOW_FIX:
+            raise self.error(f"overflow_fix must be one of {', '.join(OVERFLOW_FIX)}, got {params.overflow_fix!r}.",
+                             fix="set overflow_fix to enable, disable or first_layer_only.")
         _QuantStep._check_scope(self, params.ignored_scope)  # type: ignore[arg-type]
 
     def apply(self, model: "nn.Module", data: CompressionData) -> StepOutcome:
+        """Calibrate and fine-tune with fake-quantizers; NNCF's C++ kernels get time to build (see
+        ``nncf_torch_extension``) and a build that still times out is a step error saying what to do."""
+        timeout = prepare_nncf_torch_extension()
+        try:
+            return self._apply(model, data)
+        except Exception as exc:
+            if type(exc).__name__ != "ExtensionLoaderTimeoutException":
+                raise
+            raise self.error(extension_timeout_message(timeout), fix=EXTENSION_FIX) from exc
+
+    def _apply(self, model: "nn.Module", data: CompressionData) -> StepOutcome:
         import nncf
         import numpy as np
         import torch
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
         from modelport.training import evaluate_torch, train
 
@@ -316,10 +319,12 @@ class QuantizationAwareTraining(CompressionStep):
         rng = np.random.default_rng(data.seed)
         idx = rng.permutation(len(dataset.train_x))[: p.calibration_samples]
         batches = [torch.from_numpy(dataset.train_x[idx[i : i + 32]]) for i in range(0, len(idx), 32)]
+        overflow_fix, overflow_why = _qat_overflow_fix(p.overflow_fix)
         kwargs: dict[str, Any] = {
             "subset_size": len(batches),
             "fast_bias_correction": p.fast_bias_correction,
             "preset": nncf.QuantizationPreset.MIXED if p.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix)),
         }
         if p.ignored_scope:
             scope = p.ignored_scope
@@ -333,6 +338,8 @@ class QuantizationAwareTraining(CompressionStep):
             raise self.error(f"NNCF rejected the ignored_scope: {first_line(exc)}",
                              fix="use names from NNCF's torch graph, e.g. patterns = ['classifier.*'].") from exc
         except Exception as exc:  # a model NNCF cannot trace or quantize: the step's error, not a traceback
+            if type(exc).__name__ == "ExtensionLoaderTimeoutException":
+                raise  # apply() says what happened and how to pre-build
             raise self.error(
                 f"NNCF could not insert fake-quantizers into the model: {first_line(exc)}",
                 fix="check the model runs on the dataset's inputs.",
@@ -358,11 +365,69 @@ class QuantizationAwareTraining(CompressionStep):
                 "seconds": round(time.perf_counter() - start, 2),
                 "quantizers": quantizers,
                 "calibration_samples": int(len(idx)),
+                "overflow_fix": overflow_fix,
+                "overflow_fix_source": overflow_why,
                 "export": "ONNX QuantizeLinear/DequantizeLinear pairs",
                 "export_precision": "int8",
                 "precisions": ["int8"],
             },
         )
+
+
+EXTENSION_TIMEOUT_ENV = "NNCF_EXTENSION_LOAD_TIMEOUT"  # read by nncf.torch.extensions each time it loads one
+EXTENSION_TIMEOUT_S = 900  # NNCF's 60 s default is shorter than the ~45 s build takes on a busy machine
+EXTENSION_FIX = (
+    "build it once ahead of time, on a quiet machine: python -c \"import nncf.torch; "
+    "nncf.torch.force_build_cpu_extensions()\" (it is cached afterwards); or allow more time with "
+    f"{EXTENSION_TIMEOUT_ENV}=<seconds> (0: no limit); if an interrupted build left a 'lock' file in the cache "
+    "folder, delete that folder first"
+)
+
+
+def prepare_nncf_torch_extension() -> int | None:
+    """Give NNCF's C++ fake-quantize extension time to compile before ``nncf.torch`` is used: set
+    ``NNCF_EXTENSION_LOAD_TIMEOUT`` unless the user set it. Returns the timeout in force (None: no limit)."""
+    value = os.environ.setdefault(EXTENSION_TIMEOUT_ENV, str(EXTENSION_TIMEOUT_S))
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise InputError(
+            f"{EXTENSION_TIMEOUT_ENV}={value!r} is not a whole number of seconds.",
+            fix=f"set {EXTENSION_TIMEOUT_ENV} to e.g. 900, or 0 for no limit.",
+        ) from None
+    return seconds if seconds > 0 else None
+
+
+def extension_timeout_message(timeout: int | None) -> str:
+    """What happened when the extension did not load in time: the limit, the compiler and the cache folder."""
+    import shutil
+
+    compiler = os.environ.get("CXX", "c++")
+    found = shutil.which(compiler)
+    try:
+        from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
+
+        folder = QuantizedFunctionsCPULoader.get_build_dir()
+    except Exception:  # noqa: BLE001 - the folder is a hint; the message must not fail for it
+        folder = "~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR)"
+    return (
+        f"NNCF's C++ fake-quantize extension did not compile and load within {timeout or 'no'} s "
+        f"({EXTENSION_TIMEOUT_ENV}); compiler {compiler} ({found or 'not found on PATH'}), cache folder {folder}. "
+        "The build is slow on a loaded machine, or waits for the lock of an interrupted build."
+    )
+
+
+def _qat_overflow_fix(asked: str | None) -> tuple[str, str]:
+    """NNCF's overflow fix for QAT: as asked, else ``enable`` (7-bit weights) on a CPU without VNNI, whose u8×s8
+    INT8 kernels saturate on 8-bit weights, else NNCF's ``first_layer_only``."""
+    if asked is not None:
+        return asked, "asked for"
+    from modelport.core.cpu import cpu_info
+
+    cpu = cpu_info()
+    if cpu.vnni:
+        return "first_layer_only", f"default: this machine's CPU has VNNI ({cpu.model or 'CPU'})"
+    return "enable", f"default: this machine's CPU lacks VNNI ({cpu.int8_class})"
 
 
 def first_line(exc: BaseException) -> str:

@@ -5,20 +5,31 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from modelport.backends.base import Converter, package_availability
 from modelport.backends.lowering import (
+    CALIBRATE_METHODS,
     COMMON_KEYS,
     ONNXRUNTIME_KEYS,
+    QUANT_FORMATS,
     QUANTIZED_OPS,
-    LoweringPlan,
+    Lowering,
+    LoweringOptions,
+    has_attention,
     ignored_node_names,
     plan_lowering,
     quantized_ops,
     refuse_requantize,
+    resolve_options,
     take_samples,
+    target_cpu,
 )
+from modelport.core.files import atomic_path, sha256_file
+from modelport.core.profiles import DeviceProfile
+from modelport.core.types import Artifact, Format, Precision, Status
+from modelport.data.feeds import Feeds
+from modelport.errors import ConversionError
 from modelport.export.onnx import (
     check_onnx,
     conform_feeds,
@@ -27,17 +38,13 @@ from modelport.export.onnx import (
     temp_dir_in,
     tool_versions,
 )
-from modelport.core.files import atomic_path, sha256_file
-from modelport.core.profiles import DeviceProfile
-from modelport.core.types import Artifact, Format, Precision, Status
-from modelport.data.feeds import Feeds
-from modelport.errors import ConversionError, InputError
 
 if TYPE_CHECKING:
     import onnx
 
-INT8_FORMATS = ("qdq", "qoperator")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INT8_FORMATS = QUANT_FORMATS  # the names of the settings' values live in backends.lowering
+CALIBRATION_METHODS = CALIBRATE_METHODS
+KEYS = COMMON_KEYS | ONNXRUNTIME_KEYS
 
 
 class OnnxRuntimeConverter(Converter):
@@ -58,10 +65,10 @@ class OnnxRuntimeConverter(Converter):
         *,
         calibration: Feeds | None,
         out_dir: Path,
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | Lowering | None = None,
     ) -> Artifact:
         self.require_ready(artifact, "ONNX Runtime")
-        plan = plan_lowering(options, precision, "onnxruntime", COMMON_KEYS | ONNXRUNTIME_KEYS)
+        plan = plan_lowering(options, precision, "onnxruntime", KEYS)
         if "max_drop" in plan.not_applicable:
             raise ConversionError(
                 f"Step '{plan.step or 'quantize-accuracy'}' (accuracy-controlled quantization) is OpenVINO-only in "
@@ -85,16 +92,15 @@ class OnnxRuntimeConverter(Converter):
         prequantized = quantized_ops(Path(artifact.path))
         if prequantized:
             refuse_requantize(prequantized, precision, plan, "ONNX Runtime")
-        dynamic = plan.settings.get("mode") == "dynamic"
-        if (
-            precision is Precision.INT8 and not prequantized and not dynamic
-            and (calibration is None or len(calibration) == 0)
-        ):
-            raise ConversionError(
-                "INT8 quantisation for ONNX Runtime needs calibration data and none was given.",
-                fix="pass calibration feeds (for example 'modelport convert --calibration-samples 200' or "
-                "Feeds.from_array(...) in the Python API), or choose fp32.",
-            )
+        opts = None
+        if precision is Precision.INT8 and not prequantized:
+            opts = resolve_options(plan, profile, keys=KEYS, has_attention=has_attention(Path(artifact.path)))
+            if opts.calibrated and (calibration is None or len(calibration) == 0):
+                raise ConversionError(
+                    "INT8 quantisation for ONNX Runtime needs calibration data and none was given.",
+                    fix="pass calibration data (CLI: --dataset with --calibration-size; Python: calibration_data=), "
+                    "or use weight-only INT8 (--int8-mode weight-only), which needs none, or choose fp32.",
+                )
 
         import onnxruntime as ort
 
@@ -109,16 +115,23 @@ class OnnxRuntimeConverter(Converter):
                     details["optimization"] = "extended"
                 elif precision is Precision.INT8 and prequantized:
                     # QAT export: the QuantizeLinear/DequantizeLinear pairs carry the scales; ORT fuses them at load
-                    completed = complete_qdq(source, work / "completed.onnx")
-                    _optimise(work / "completed.onnx" if completed else source, tmp)
+                    cpu = target_cpu(profile)
+                    done = complete_qdq(source, work / "completed.onnx", target_vnni=cpu.vnni)
+                    _optimise(work / "completed.onnx" if done.changed else source, tmp)
                     details.update({
                         "quantizer": "none: the ONNX model is quantized already",
                         "source_quantization": prequantized,
-                        "qdq_completed": completed,
+                        "qdq_completed": done.changed,
+                        "target_cpu": cpu.source,
                         "optimization": "extended",
                     })
+                    if done.skipped:
+                        details["qdq_not_completed"] = done.skipped
+                    if done.wide_weights and not cpu.vnni:
+                        details["int8_warning"] = _wide_weights_warning(done.wide_weights)
                 elif precision is Precision.INT8:
-                    details.update(_quantise(source, tmp, work, artifact, profile, calibration, plan))
+                    assert opts is not None  # resolved above for every non-prequantized INT8 lowering
+                    details.update(_quantise(source, tmp, work, artifact, profile, calibration, opts))
                 else:  # pragma: no cover - Precision has three members
                     raise ConversionError(f"Unknown precision {precision}.")
                 # the file must pass the checker and load in ONNX Runtime before it replaces anything
@@ -158,6 +171,38 @@ class OnnxRuntimeConverter(Converter):
         )
 
 
+    def int8_sensitivity(
+        self,
+        source: Artifact,
+        int8: Artifact,
+        profile: DeviceProfile,
+        *,
+        calibration: Feeds | None,
+        probe: Feeds,
+        options: Mapping[str, Any] | Lowering | None = None,
+    ) -> dict[str, Any] | None:
+        """Per-layer noise of a static INT8 artifact (``backends.onnxruntime.sensitivity``); None for the other
+        kinds (dynamic, weight-only, a model quantized already), whose activations are not calibrated."""
+        if int8.details.get("mode") != "static" or calibration is None or len(calibration) == 0:
+            return None
+        from modelport.backends.onnxruntime.sensitivity import int8_sensitivity
+
+        plan = plan_lowering(options, Precision.INT8, "onnxruntime", KEYS)
+        opts = resolve_options(plan, profile, keys=KEYS, has_attention=has_attention(Path(source.path)))
+        feeds = conform_feeds(calibration, source.inputs)
+        probe = conform_feeds(probe, source.inputs)
+        if profile.static_batch:
+            feeds, probe = rebatch(feeds, profile.static_batch), rebatch(probe, profile.static_batch)
+        if opts.subset_size:
+            feeds = take_samples(feeds, int(opts.subset_size))
+        with temp_dir_in(Path(int8.path).parent, ".ort-sensitivity-") as work:
+            model = Path(source.path)
+            if profile.static_batch:
+                model = _static_batch_copy(model, work / "static.onnx", profile.static_batch)
+            prepare(model, work / "prepared.onnx")
+            return int8_sensitivity(work / "prepared.onnx", None, opts, feeds, probe, work)
+
+
 def _optimise(source: Path, dest: Path) -> None:
     """Save the model as ONNX Runtime optimises it at load time, so the device skips that work.
 
@@ -182,38 +227,54 @@ def _optimise(source: Path, dest: Path) -> None:
 
 def _quantise(
     source: Path, dest: Path, work: Path, artifact: Artifact, profile: DeviceProfile, calibration: Feeds | None,
-    plan: LoweringPlan,
+    opts: LoweringOptions,
 ) -> dict[str, Any]:
     """INT8 with ``onnxruntime.quantization``: pre-processing, then ``quantize_static`` (calibrated from
-    ``calibration``) or ``quantize_dynamic``; the step's settings first, then the profile's ``int8_*`` keys."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    ``calibration``) or ``quantize_dynamic`` (modes ``dynamic`` and ``weight-only``), with the resolved options."""
+    prepared = work / "prepared.onnx"
+    pre_process = prepare(source, prepared)
+    exclude: list[str] = []
+    if opts.ignored_scope:
+        import onnx
+
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        exclude = ignored_node_names([(n.name, n.op_type) for n in graph.node], opts.ignored_scope)
+    record: dict[str, Any] = {
+        "quantizer": f"onnxruntime.quantization.quantize_{'static' if opts.calibrated else 'dynamic'}",
+        "mode": opts.mode,
+        "reduce_range": opts.reduce_range,
+        "per_channel": opts.per_channel,
+        "weight_type": opts.weight_type,
+        "nodes_excluded": exclude,
+        "pre_process": pre_process,
+        "int8_options": opts.record(KEYS),
+    }
+    if not opts.calibrated:
+        _quantise_dynamic(prepared, dest, opts, exclude)
+        return {**record, "format": "qoperator (integer ops)", "activation_type": "uint8 (computed at run time)"}
+    feeds = conform_feeds(cast(Feeds, calibration), artifact.inputs)
+    if profile.static_batch:
+        feeds = rebatch(feeds, profile.static_batch)
+    if opts.subset_size:
+        feeds = take_samples(feeds, int(opts.subset_size))
+    quantize_static_file(prepared, dest, feeds, opts, exclude)
+    return {
+        **record,
+        "format": opts.quant_format,
+        "activation_type": opts.activation_type,
+        "calibration_method": opts.calibrate_method,
+        "calibration_samples": feeds.num_samples,
+        "calibration_batches": len(feeds),
+    }
+
+
+def prepare(source: Path, prepared: Path) -> str:
+    """ONNX Runtime's quantisation pre-processing (optimisation + shape inference); says which variant ran."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    s = plan.settings
-    mode = str(s.get("mode", "static"))
-    fmt = str(s.get("quant_format") or profile.options.get("int8_format", "qdq")).lower()
-    if fmt not in INT8_FORMATS:
-        raise InputError(
-            f"Profile '{profile.name}' asks for int8_format '{fmt}'. Available: {', '.join(INT8_FORMATS)}.",
-            fix="set int8_format to 'qdq' or 'qoperator' in the profile.",
-        )
-    method = str(s.get("calibrate_method") or profile.options.get("int8_calibration", "minmax")).lower()
-    if method not in CALIBRATION_METHODS:
-        raise InputError(
-            f"Profile '{profile.name}' asks for int8_calibration '{method}'. "
-            f"Available: {', '.join(CALIBRATION_METHODS)}.",
-            fix="set int8_calibration to one of the listed methods.",
-        )
-    reduce_range = bool(s.get("reduce_range", profile.options.get("int8_reduce_range", False)))
-    per_channel = bool(s.get("per_channel", True))
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    activation = str(s.get("activation_type", "uint8"))
-    weight = str(s.get("weight_type", "int8"))
-
-    prepared = work / "prepared.onnx"
-    pre_process = "optimised + symbolic shape inference"
     try:
         quant_pre_process(str(source), str(prepared))
+        return "optimised + symbolic shape inference"
     except Exception as first:  # symbolic shape inference rejects some graphs; plain ONNX inference still helps
         try:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
@@ -222,116 +283,151 @@ def _quantise(
                 f"ONNX Runtime's quantisation pre-processing failed: {exc} (with symbolic shapes: {first})",
                 fix="simplify the model or choose fp32.",
             ) from exc
-        pre_process = "optimised, without symbolic shape inference"
-    exclude: list[str] = []
-    if s.get("ignored_scope"):
-        import onnx
+    return "optimised, without symbolic shape inference"
 
-        graph = onnx.load(str(prepared), load_external_data=False).graph
-        exclude = ignored_node_names([(n.name, n.op_type) for n in graph.node], s["ignored_scope"])
-    record: dict[str, Any] = {
-        "quantizer": f"onnxruntime.quantization.quantize_{mode}",
-        "mode": mode,
-        "reduce_range": reduce_range,
-        "per_channel": per_channel,
-        "weight_type": weight,
-        "nodes_excluded": exclude,
-        "pre_process": pre_process,
-    }
-    if mode == "dynamic":
-        try:
-            quantize_dynamic(
-                str(prepared), str(dest), per_channel=per_channel, reduce_range=reduce_range,
-                weight_type=types[weight], nodes_to_exclude=exclude or None,
-            )
-        except Exception as exc:
-            raise ConversionError(
-                f"ONNX Runtime dynamic INT8 quantisation failed: {exc}",
-                fix="use mode = 'static' (dynamic quantisation suits MatMul/LSTM/attention models).",
-            ) from exc
-        if not quantized_ops(dest):
-            raise ConversionError(
-                "ONNX Runtime dynamic quantisation found nothing to quantise in this model (it takes Conv, MatMul, "
-                "Attention and LSTM; Gemm layers stay FP32).",
-                fix="use mode = 'static' for this model.",
-            )
-        return {**record, "format": "qoperator (integer ops)", "activation_type": "uint8 (computed at run time)"}
 
-    feeds = conform_feeds(cast(Feeds, calibration), artifact.inputs)
-    if profile.static_batch:
-        feeds = rebatch(feeds, profile.static_batch)
-    if s.get("subset_size"):
-        feeds = take_samples(feeds, int(s["subset_size"]))
+def quantize_static_file(
+    prepared: Path, dest: Path, feeds: Feeds, opts: LoweringOptions, exclude: list[str], *, fmt: str | None = None
+) -> None:
+    """``quantize_static`` of ``prepared`` into ``dest`` (``fmt`` overrides the format: the sensitivity report
+    quantizes a QDQ twin of a QOperator model to see its intermediate tensors)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    fmt = fmt or opts.quant_format
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[opts.calibrate_method]
     try:
         quantize_static(
             str(prepared),
             str(dest),
             feeds.ort_reader(),
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=types[activation],
-            weight_type=types[weight],
+            per_channel=opts.per_channel,
+            reduce_range=opts.reduce_range,
+            activation_type=_quant_type(opts.activation_type),
+            weight_type=_quant_type(opts.weight_type),
             nodes_to_exclude=exclude or None,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[method],
+            calibrate_method=method,
         )
     except ConversionError:
         raise
     except Exception as exc:
         raise ConversionError(
-            f"ONNX Runtime INT8 quantisation ({fmt}, {method}) failed: {exc}",
+            f"ONNX Runtime INT8 quantisation ({fmt}, {opts.calibrate_method}) failed: {exc}",
             fix="check the calibration data matches the model's inputs, or try another int8_format.",
         ) from exc
-    return {
-        **record,
-        "format": fmt,
-        "activation_type": activation,
-        "calibration_method": method,
-        "calibration_samples": feeds.num_samples,
-        "calibration_batches": len(feeds),
-    }
+
+
+def _quant_type(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+
+
+def _quantise_dynamic(prepared: Path, dest: Path, opts: LoweringOptions, exclude: list[str]) -> None:
+    """``quantize_dynamic``: INT8 weights written ahead of time, activations quantized per batch at run time."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    try:
+        quantize_dynamic(
+            str(prepared), str(dest), per_channel=opts.per_channel, reduce_range=opts.reduce_range,
+            weight_type=_quant_type(opts.weight_type), nodes_to_exclude=exclude or None,
+        )
+    except Exception as exc:
+        raise ConversionError(
+            f"ONNX Runtime {opts.mode} INT8 quantisation failed: {exc}",
+            fix="use mode = 'static' (dynamic quantisation suits MatMul/LSTM/attention models).",
+        ) from exc
+    if not quantized_ops(dest):
+        raise ConversionError(
+            f"ONNX Runtime {opts.mode} quantisation found nothing to quantise in this model (it takes Conv, MatMul, "
+            "Attention and LSTM; Gemm layers stay FP32).",
+            fix="use mode = 'static' for this model.",
+        )
+
+
+def _wide_weights_warning(layers: list[str]) -> str:
+    return (
+        f"{len(layers)} layer(s) have 8-bit weights ({', '.join(layers[:4])}{'…' if len(layers) > 4 else ''}): on "
+        "CPUs without VNNI ONNX Runtime's u8s8 kernels can saturate on them (wrong results); quantize with 7-bit "
+        "weights (qat step overflow_fix = 'enable') for this profile"
+    )
 
 
 # Operators that only move or select values: a quantized tensor stays on its quantization grid through them.
 _GRID_PRESERVING = frozenset({"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
 
 
-def complete_qdq(source: Path, dest: Path) -> list[str]:
+class Completion(NamedTuple):
+    """What ``complete_qdq`` did: layers given a Q/DQ pair, layers left alone (with why), and the layers whose INT8
+    weights use all 8 bits (which u8×s8 kernels without VNNI can saturate on)."""
+
+    changed: list[str]
+    skipped: dict[str, str]
+    wide_weights: list[str]
+
+
+# |w| ≤ 64: two u8×s8 products sum to at most 2·255·64 = 32640, inside vpmaddubsw's int16 (32767) on CPUs without VNNI
+SAFE_WEIGHT_MAGNITUDE = 64
+
+
+def complete_qdq(source: Path, dest: Path, *, target_vnni: bool | None = None) -> Completion:
     """Give each Conv/Gemm/MatMul whose weight is dequantized, but whose input reaches it from a DequantizeLinear
     only through MaxPool/Flatten/Reshape-like operators, its own QuantizeLinear/DequantizeLinear pair with the same
-    scale; writes ``dest`` and returns the layers changed (empty: nothing written).
+    scale; writes ``dest`` when something changed.
 
     Why: NNCF's QAT export places activation quantizers before pooling and flattening (right for OpenVINO, which
-    propagates them), and ONNX Runtime then runs such a layer in FP32. The pair is lossless: those operators keep
-    values on the grid, so quantizing again with the same scale and zero point returns them unchanged.
+    propagates them), and ONNX Runtime then runs such a layer in FP32. The pair is lossless in the graph: those
+    operators keep values on the grid, so quantizing again with the same scale and zero point returns them unchanged.
+
+    But the pair makes ONNX Runtime run the layer with integer kernels, and on a CPU without VNNI its u8×s8 kernels
+    add pairs of products in 16 bits and saturate when weights use all 8 bits. So for such a target
+    (``target_vnni=False``; ``None``: this machine's CPU) a layer is completed only when every INT8 weight has
+    ``|w| ≤ 64``; the others stay FP32 (exact) and are listed in ``skipped``.
     """
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
+    if target_vnni is None:
+        from modelport.core.cpu import cpu_info
+
+        target_vnni = cpu_info().vnni
     proto = onnx.load(str(source))
     nodes = list(proto.graph.node)
     producers = {out: n for n in nodes for out in n.output}
+    inits = {t.name: t for t in proto.graph.initializer}
     changed: list[str] = []
+    skipped: dict[str, str] = {}
+    wide: list[str] = []
     for node in list(nodes):
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         weight = producers.get(node.input[1])
-        first = producers.get(node.input[0])
-        if weight is None or weight.op_type != "DequantizeLinear" or first is None:
+        if weight is None or weight.op_type != "DequantizeLinear":
             continue
-        if first.op_type == "DequantizeLinear":
+        label = node.name or node.input[0]
+        magnitude = _weight_magnitude(weight, inits, producers, numpy_helper)
+        if magnitude is not None and magnitude > SAFE_WEIGHT_MAGNITUDE:
+            wide.append(label)
+        first = producers.get(node.input[0])
+        if first is None or first.op_type == "DequantizeLinear":
             continue
         cur: Any = first
         while cur is not None and cur.op_type in _GRID_PRESERVING:
             cur = producers.get(cur.input[0])
         if cur is None or cur.op_type != "DequantizeLinear":
             continue
+        if not target_vnni and (magnitude is None or magnitude > SAFE_WEIGHT_MAGNITUDE):
+            skipped[label] = (
+                f"INT8 weights up to |{magnitude}| would saturate ONNX Runtime's u8s8 kernels on a CPU without VNNI"
+                if magnitude is not None else "its INT8 weights could not be read to rule out u8s8 saturation"
+            )
+            continue
         value = node.input[0]
-        tag = f"{node.name or value}/completed"
+        tag = f"{label}/completed"
         axis = [a for a in cur.attribute if a.name == "axis"]
         q = helper.make_node("QuantizeLinear", [value, *cur.input[1:]], [f"{tag}_q"], name=f"{tag}_q")
         dq = helper.make_node("DequantizeLinear", [f"{tag}_q", *cur.input[1:]], [f"{tag}_dq"], name=f"{tag}_dq")
@@ -340,12 +436,34 @@ def complete_qdq(source: Path, dest: Path) -> list[str]:
         node.input[0] = f"{tag}_dq"
         at = nodes.index(node)
         nodes[at:at] = [q, dq]
-        changed.append(node.name or value)
+        changed.append(label)
     if changed:
         del proto.graph.node[:]
         proto.graph.node.extend(nodes)
         onnx.save(proto, str(dest))
-    return changed
+    return Completion(changed, skipped, wide)
+
+
+def _weight_magnitude(dq: Any, inits: dict[str, Any], producers: dict[str, Any], numpy_helper: Any) -> int | None:
+    """Largest |w| of the signed INT8 weight a DequantizeLinear reads (0 for uint8 weights: the u8×u8 kernels do
+    not saturate); None when the weight is not a readable initializer."""
+    import numpy as np
+
+    name = dq.input[0]
+    tensor = inits.get(name)
+    if tensor is None:
+        const = producers.get(name)
+        if const is None or const.op_type != "Constant":
+            return None
+        tensor = next((a.t for a in const.attribute if a.name == "value"), None)
+        if tensor is None:
+            return None
+    w = numpy_helper.to_array(tensor)
+    if w.dtype == np.uint8:
+        return 0
+    if w.dtype != np.int8 or w.size == 0:
+        return None
+    return int(np.abs(w.astype(np.int16)).max())
 
 
 def _static_batch_copy(source: Path, dest: Path, batch: int) -> Path:
@@ -379,4 +497,13 @@ def fix_batch_dim(proto: "onnx.ModelProto", batch: int) -> None:
     del proto.graph.value_info[:]  # stale symbolic shapes; ONNX Runtime re-infers them
 
 
-__all__ = ["CALIBRATION_METHODS", "INT8_FORMATS", "OnnxRuntimeConverter", "complete_qdq", "fix_batch_dim"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "INT8_FORMATS",
+    "Completion",
+    "OnnxRuntimeConverter",
+    "complete_qdq",
+    "fix_batch_dim",
+    "prepare",
+    "quantize_static_file",
+]

@@ -15,24 +15,30 @@ from modelport.backends.base import Converter, package_availability
 from modelport.backends.lowering import (
     COMMON_KEYS,
     OPENVINO_KEYS,
+    PRESETS,
+    Lowering,
+    LoweringOptions,
     LoweringPlan,
+    has_attention,
     plan_lowering,
     quantized_ops,
     refuse_requantize,
+    resolve_options,
     take_samples,
 )
-from modelport.export.onnx import BATCH, conform_feeds, rebatch, temp_dir_in, tool_versions
 from modelport.core.files import sha256_files, total_size
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact, Format, Precision, Status, TensorSpec
 from modelport.data.feeds import Feeds
-from modelport.errors import ConversionError, InputError
+from modelport.errors import ConversionError
+from modelport.export.onnx import BATCH, conform_feeds, rebatch, temp_dir_in, tool_versions
 
 if TYPE_CHECKING:
     import openvino as ov
 
 IR_FILES = ("model.xml", "model.bin")
-INT8_PRESETS = ("performance", "mixed")
+INT8_PRESETS = PRESETS  # the settings' values live in backends.lowering
+KEYS = COMMON_KEYS | OPENVINO_KEYS
 
 
 class OpenVinoConverter(Converter):
@@ -53,25 +59,28 @@ class OpenVinoConverter(Converter):
         *,
         calibration: Feeds | None,
         out_dir: Path,
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | Lowering | None = None,
     ) -> Artifact:
         self.require_ready(artifact, "OpenVINO")
-        plan = plan_lowering(options, precision, "openvino", COMMON_KEYS | OPENVINO_KEYS)
-        if plan.not_applicable.get("mode") == "dynamic":
+        plan = plan_lowering(options, precision, "openvino", KEYS)
+        if plan.settings.get("mode") == "dynamic":
             raise ConversionError(
                 f"Step '{plan.step or 'quantize'}' asks for dynamic quantization, which only ONNX Runtime offers; "
                 "OpenVINO INT8 is static (NNCF calibrates activation ranges ahead of time).",
-                fix="use mode = 'static' (or leave mode out) for OpenVINO profiles.",
+                fix="use mode = 'static', or mode = 'weight-only' (nncf.compress_weights) for OpenVINO profiles.",
             )
         prequantized = quantized_ops(Path(artifact.path))
         if prequantized:
             refuse_requantize(prequantized, precision, plan, "OpenVINO")
-        if precision is Precision.INT8 and not prequantized and (calibration is None or len(calibration) == 0):
-            raise ConversionError(
-                "INT8 quantisation with NNCF needs calibration data and none was given.",
-                fix="pass calibration feeds (for example 'modelport convert --calibration-samples 200' or "
-                "Feeds.from_array(...) in the Python API), or choose fp32/fp16.",
-            )
+        opts = None
+        if precision is Precision.INT8 and not prequantized:
+            opts = resolve_options(plan, profile, keys=KEYS, has_attention=has_attention(Path(artifact.path)))
+            if opts.calibrated and (calibration is None or len(calibration) == 0):
+                raise ConversionError(
+                    "INT8 quantisation with NNCF needs calibration data and none was given.",
+                    fix="pass calibration data (CLI: --dataset with --calibration-size; Python: calibration_data=), "
+                    "or use weight-only INT8 (--int8-mode weight-only), which needs none, or choose fp32/fp16.",
+                )
         import openvino as ov
 
         try:
@@ -88,11 +97,14 @@ class OpenVinoConverter(Converter):
         if precision is Precision.INT8 and prequantized:
             # QAT export: OpenVINO turns the QuantizeLinear/DequantizeLinear pairs into FakeQuantize; no NNCF pass
             details.update({"quantizer": "none: the ONNX model is quantized already", "source_quantization": prequantized})
-        elif precision is Precision.INT8:
+        elif precision is Precision.INT8 and opts is not None and not opts.calibrated:
+            model, info = _compress_weights(model, opts, plan)
+            details.update(info)
+        elif precision is Precision.INT8 and opts is not None:
             feeds = conform_feeds(calibration or Feeds(batches=()), artifact.inputs)
             if profile.static_batch:
                 feeds = rebatch(feeds, profile.static_batch)
-            model, info = _quantise(model, feeds, profile, plan, artifact.inputs)
+            model, info = _quantise(model, feeds, profile, plan, opts, artifact.inputs)
             details.update(info)
         if precision is Precision.INT8:
             details["fp32_operations"] = float_operations(model)
@@ -137,6 +149,28 @@ class OpenVinoConverter(Converter):
         )
 
 
+    def int8_sensitivity(
+        self,
+        source: Artifact,
+        int8: Artifact,
+        profile: DeviceProfile,
+        *,
+        calibration: Feeds | None,
+        probe: Feeds,
+        options: Mapping[str, Any] | Lowering | None = None,
+    ) -> dict[str, Any] | None:
+        """Per-layer noise of the activation quantizers of an NNCF-quantized IR (``backends.openvino.sensitivity``);
+        None for weight-only INT8 and QAT models, which NNCF did not calibrate here."""
+        if int8.details.get("quantizer") not in ("nncf.quantize", "nncf.quantize_with_accuracy_control"):
+            return None
+        from modelport.backends.openvino.sensitivity import int8_sensitivity
+
+        probe = conform_feeds(probe, source.inputs)
+        if profile.static_batch:
+            probe = rebatch(probe, profile.static_batch)
+        return int8_sensitivity(Path(int8.path), Path(source.path), probe)
+
+
 def _reshape_static(model: "ov.Model", batch: int) -> None:
     """Fix axis 0 of every input to ``batch``; any other dynamic dimension left is an error (NPUs need static)."""
     import openvino as ov
@@ -168,56 +202,38 @@ def _reshape_static(model: "ov.Model", batch: int) -> None:
 
 
 def _quantise(
-    model: "ov.Model", feeds: Feeds, profile: DeviceProfile, plan: LoweringPlan, inputs: tuple[TensorSpec, ...]
+    model: "ov.Model", feeds: Feeds, profile: DeviceProfile, plan: LoweringPlan, opts: LoweringOptions,
+    inputs: tuple[TensorSpec, ...],
 ) -> tuple["ov.Model", dict[str, Any]]:
-    """NNCF post-training quantisation of the OpenVINO model with the step's settings, else the profile's.
+    """NNCF post-training quantisation of the OpenVINO model with the resolved options (step > profile > default).
 
-    PERFORMANCE (symmetric) preset unless asked for ``mixed``; with ``max_drop`` set, NNCF's accuracy control
-    reverts the layers that cost most accuracy to FP32 until the top-1 drop on the validation feeds is met.
+    ``overflow_fix`` and ``model_type`` follow the CPU and the model unless set (see ``backends.lowering``); with
+    ``max_drop`` set, NNCF's accuracy control reverts the layers that cost most accuracy to FP32 until the top-1
+    drop on the validation feeds is met.
     """
     import nncf
 
-    s = plan.settings
-    preset_name = str(s.get("preset") or profile.options.get("int8_preset", "performance")).lower()
-    if preset_name not in INT8_PRESETS:
-        raise InputError(
-            f"Profile '{profile.name}' asks for int8_preset '{preset_name}'. Available: {', '.join(INT8_PRESETS)}.",
-            fix="set int8_preset to 'performance' or 'mixed' in the profile.",
-        )
-    preset = nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE
     target = {"CPU": nncf.TargetDevice.CPU, "GPU": nncf.TargetDevice.GPU, "NPU": nncf.TargetDevice.NPU}.get(
         profile.device.upper(), nncf.TargetDevice.ANY
     )
-    if s.get("subset_size"):
-        feeds = take_samples(feeds, int(s["subset_size"]))
-    fast_bias = bool(s.get("fast_bias_correction", True))
-    model_type = nncf.ModelType.TRANSFORMER if s.get("model_type") == "transformer" else None
-    scope = s.get("ignored_scope") or None
-    kwargs: dict[str, Any] = {
-        "preset": preset,
-        "target_device": target,
-        "subset_size": len(feeds),
-        "fast_bias_correction": fast_bias,
-        "model_type": model_type,
-    }
-    if scope:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(
-            names=list(scope.get("names", ())), patterns=list(scope.get("patterns", ())),
-            types=list(scope.get("types", ())), validate=True,
-        )
+    if opts.subset_size:
+        feeds = take_samples(feeds, int(opts.subset_size))
+    kwargs = nncf_kwargs(opts, target, len(feeds))
     info: dict[str, Any] = {
         "quantizer": "nncf.quantize",
-        "nncf_preset": preset_name,
+        "nncf_preset": opts.preset,
         "nncf_target_device": str(target.value),
         "calibration_samples": feeds.num_samples,
         "calibration_batches": len(feeds),
-        "fast_bias_correction": fast_bias,
-        "model_type": s.get("model_type"),
-        "ignored_scope": scope,
+        "fast_bias_correction": opts.fast_bias_correction,
+        "model_type": None if opts.model_type == "none" else opts.model_type,
+        "overflow_fix": opts.overflow_fix,
+        "ignored_scope": opts.ignored_scope,
+        "int8_options": opts.record(KEYS),
     }
     try:
-        if "max_drop" in s:
-            quantized, extra = _quantise_with_accuracy_control(model, feeds, plan, inputs, profile, kwargs)
+        if opts.max_drop is not None:
+            quantized, extra = _quantise_with_accuracy_control(model, feeds, plan, opts, inputs, profile, kwargs)
             info.update(extra)
         else:
             quantized = nncf.quantize(model, feeds.nncf_dataset(), **kwargs)
@@ -238,9 +254,75 @@ def _quantise(
     return quantized, info
 
 
+def nncf_kwargs(opts: LoweringOptions, target: Any, subset_size: int) -> dict[str, Any]:
+    """``nncf.quantize`` keyword arguments from the resolved options (preset, model type, overflow fix, scope)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    kwargs: dict[str, Any] = {
+        "preset": nncf.QuantizationPreset.MIXED if opts.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        "target_device": target,
+        "subset_size": subset_size,
+        "fast_bias_correction": opts.fast_bias_correction,
+        "model_type": nncf.ModelType.TRANSFORMER if opts.model_type == "transformer" else None,
+        "advanced_parameters": AdvancedQuantizationParameters(
+            overflow_fix={
+                "enable": OverflowFix.ENABLE,
+                "disable": OverflowFix.DISABLE,
+                "first_layer_only": OverflowFix.FIRST_LAYER,
+            }[opts.overflow_fix]
+        ),
+    }
+    scope = opts.ignored_scope
+    if scope:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(
+            names=list(scope.get("names", ())), patterns=list(scope.get("patterns", ())),
+            types=list(scope.get("types", ())), validate=True,
+        )
+    return kwargs
+
+
+def _compress_weights(
+    model: "ov.Model", opts: LoweringOptions, plan: LoweringPlan
+) -> tuple["ov.Model", dict[str, Any]]:
+    """Weight-only INT8: ``nncf.compress_weights`` (INT8_ASYM, per output channel) on every MatMul/Convolution/
+    Embedding weight; activations stay floating point, so no calibration data is needed and the accuracy cost is
+    the weights' rounding only (what transformer encoders tolerate where static activation INT8 does not)."""
+    import nncf
+
+    kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
+    scope = opts.ignored_scope
+    if scope:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(
+            names=list(scope.get("names", ())), patterns=list(scope.get("patterns", ())),
+            types=list(scope.get("types", ())), validate=True,
+        )
+    try:
+        compressed = nncf.compress_weights(model, **kwargs)
+    except nncf.ValidationError as exc:
+        raise ConversionError(
+            f"Step '{plan.step or 'quantize'}': NNCF rejected the ignored_scope: "
+            f"{next((x.strip() for x in str(exc).splitlines() if x.strip()), 'no match')}",
+            fix="use OpenVINO operation names or patterns of the model's weighted layers.",
+        ) from exc
+    except Exception as exc:
+        raise ConversionError(
+            f"NNCF weight compression (INT8) failed: {exc}",
+            fix="use static INT8 (drop --int8-mode weight-only) or fp16 for this profile.",
+        ) from exc
+    return compressed, {
+        "quantizer": "nncf.compress_weights",
+        "mode": "weight-only",
+        "weight_mode": "int8_asym",
+        "activations": "floating point (not quantized)",
+        "ignored_scope": scope,
+        "int8_options": opts.record(KEYS),
+    }
+
+
 def _quantise_with_accuracy_control(
-    model: "ov.Model", feeds: Feeds, plan: LoweringPlan, inputs: tuple[TensorSpec, ...], profile: DeviceProfile,
-    kwargs: dict[str, Any],
+    model: "ov.Model", feeds: Feeds, plan: LoweringPlan, opts: LoweringOptions, inputs: tuple[TensorSpec, ...],
+    profile: DeviceProfile, kwargs: dict[str, Any],
 ) -> tuple["ov.Model", dict[str, Any]]:
     """``nncf.quantize_with_accuracy_control`` with top-1 accuracy on the labelled validation feeds as the metric."""
     import nncf
@@ -258,12 +340,13 @@ def _quantise_with_accuracy_control(
         val = _rebatch_labelled(val, profile.static_batch)
     items = list(zip(val.batches, val.labels or (), strict=True))
     validation = nncf.Dataset(items, lambda item: item[0])
-    s = plan.settings
-    max_drop = float(s["max_drop"])
-    drop_type = nncf.DropType.RELATIVE if s.get("drop_type") == "relative" else nncf.DropType.ABSOLUTE
+    max_drop = float(opts.max_drop or 0.0)
+    drop_type = nncf.DropType.RELATIVE if opts.drop_type == "relative" else nncf.DropType.ABSOLUTE
     restorer = AdvancedAccuracyRestorerParameters()
-    if s.get("max_num_iterations"):
-        restorer.max_num_iterations = int(s["max_num_iterations"])
+    if opts.max_num_iterations:
+        restorer.max_num_iterations = int(opts.max_num_iterations)
+    kwargs = dict(kwargs)
+    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters", None)  # this API's name for it
     quantized = nncf.quantize_with_accuracy_control(
         model, feeds.nncf_dataset(), validation, validation_fn=top1_metric, max_drop=max_drop, drop_type=drop_type,
         advanced_accuracy_restorer_parameters=restorer, **kwargs,
