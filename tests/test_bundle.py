@@ -122,7 +122,8 @@ def test_manifest_carries_every_fact(bundles: dict[str, Path], converted: Path, 
         assert rec["measured"]["accuracy"] == conv[label].details["validation"]["accuracy"]
         assert rec["measured"]["latency_ms"]["1"]["p50"] == rows[label].latency[1].p50 > 0
     assert data["artifacts"][0]["acceptance"] == {"precision": "fp32", "rule": "allclose", "rtol": 1e-3,
-                                                  "atol": 1e-5, "min_cosine_if_not_classes": 0.99}
+                                                  "atol": 1e-5, "min_cosine_if_not_classes": 0.99,
+                                                  "max_scaled_diff": 1e-4, "min_cosine": 0.99999}
     manifest = BundleManifest.read(folder)
     assert [a.path for a in manifest.artifacts] == [folder / "intel-cpu/fp32/model.xml", folder / "intel-cpu/int8/model.xml"]
     with tarfile.open(bundles["intel-cpu"]) as tar:
@@ -360,10 +361,15 @@ def _engine_bundle(folder: Path, with_sidecar: bool) -> Path:
 
 
 def test_tensorrt_sidecar_rule_is_checked_before_the_engine(tmp_path: Path) -> None:
-    report = verify(_engine_bundle(tmp_path / "no-sidecar", with_sidecar=False))
+    # an engine this machine did not build is refused first (it may carry plugin code), naming the way out
+    refused = verify(_engine_bundle(tmp_path / "foreign", with_sidecar=True))
+    assert refused.failures()[0].name == "trust" and refused.refused is not None
+    assert "t4/fp16/model.engine" in str(refused.refused) and "--trust" in str(refused.refused)
+    # trusted (--trust here; a signature or having built it elsewhere), the sidecar rule still comes before loading
+    report = verify(_engine_bundle(tmp_path / "no-sidecar", with_sidecar=False), trust=True)
     failed = report.failures()[0]
     assert failed.name == "runtime" and "no hashed sidecar t4/fp16/model.engine.json" in failed.detail
-    report = verify(_engine_bundle(tmp_path / "sidecar", with_sidecar=True))
+    report = verify(_engine_bundle(tmp_path / "sidecar", with_sidecar=True), trust=True)
     failed = report.failures()[0]
     assert failed.name == "runtime" and "Tesla T4" in failed.detail and "TensorRT 10.3.0" in failed.detail
     assert not report.ok and not any(c.name.startswith("smoke") for c in report.checks)

@@ -509,3 +509,56 @@ def test_cli_dynamic_axes_option_reaches_the_export(tmp_path: Path, capsys) -> N
     code, text = run_cli(["convert", str(lin), "--profiles", "legacy-cpu", "--precisions", "fp32",
                           "--dynamic-axes", "input:1=width", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "dynamic_axes applies to a PyTorch model's export" in text
+
+
+# ------------------------------------------------------------------------------------- bundles: every output
+
+
+def _rewrite_samples(folder: Path, change: dict[str, np.ndarray]) -> None:
+    """Replace arrays of the bundle's samples.npz and re-hash it in the bundle manifest (an honest but wrong
+    reference, so only the comparison of every output can catch it)."""
+    import hashlib
+
+    path = folder / "samples.npz"
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays.update(change)
+    np.savez(path, **arrays)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "samples.npz":
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            entry["size"] = path.stat().st_size
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow  # convert, pack, verify and two run.py processes (~30 s on 2 shared cores)
+def test_bundle_verify_and_run_py_compare_every_output(tmp_path: Path) -> None:
+    """Before: verify and run.py compared the first output only; a wrong second output passed."""
+    import subprocess
+    import sys
+
+    from modelport.bundle.pack import pack
+    from modelport.bundle.verify import verify
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    result = convert(TwoLinearHeads().eval(), example_inputs={"x": torch.from_numpy(x[:2])}, calibration_data=x,
+                     output_names=["cls", "box"], profiles="legacy-cpu", precisions="fp32", out=tmp_path / "conv")
+    folder = pack(result.out_dir, profile="legacy-cpu", out=tmp_path / "bundle")
+    good = verify(folder, isolate=False)
+    assert good.ok, good.to_dict()
+    run = subprocess.run([sys.executable, str(folder / "run.py"), "--json"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    report = json.loads(run.stdout)
+    assert run.returncode == 0 and set(report["artifacts"][0]["outputs"]) == {"cls", "box"}
+
+    with np.load(folder / "samples.npz", allow_pickle=False) as data:
+        box = data["output:box"]
+    _rewrite_samples(folder, {"output:box": box * 1.1})  # the first output still agrees
+    bad = verify(folder, isolate=False)
+    assert not bad.ok and "output 'box' differs from PyTorch" in bad.failures()[0].detail
+    run = subprocess.run([sys.executable, str(folder / "run.py"), "--json"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    report = json.loads(run.stdout)
+    assert run.returncode == 1 and report["artifacts"][0]["failure"].startswith("output 'box' differs")
