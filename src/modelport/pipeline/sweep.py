@@ -39,7 +39,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol, TYPE_CHECKING, Any
 
 from modelport.compression.recipe import Recipe, jsonable
 from modelport.core.files import atomic_write_json, atomic_write_text
@@ -473,12 +473,19 @@ def compare_with_baseline(rows: list[SweepRow]) -> None:
 
 
 def run_sweep(
-    matrix: Matrix | str | Path, *, out: str | Path, overwrite: bool = False, progress: Progress | None = None,
+    matrix: Matrix | str | Path,
+    *,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    engine: "SweepEngine | None" = None,
 ) -> SweepResult:
     """Run the whole matrix; write ``sweep.json``/``.csv``/``.md`` and each variant's folder under ``out``.
 
     A variant whose recipe or conversion fails becomes ``failed: reason`` rows and the sweep goes on; ``out`` is
-    replaced only when the whole sweep has run (and only if it is a sweep folder, with ``overwrite``)."""
+    replaced only when the whole sweep has run (and only if it is a sweep folder, with ``overwrite``).
+    ``engine`` converts and benchmarks (default: here, one variant after another; ``modelport.fleet.sweep`` gives
+    one that spreads conversions over a Ray cluster and benchmarks each profile on a node that offers it)."""
     import time
 
     say = progress or _quiet
@@ -488,11 +495,13 @@ def run_sweep(
     with staged_dir(out_path, overwrite=overwrite, marker=RESULTS_NAME) as stage:  # checks --out before training
         ckpts, training = _base_checkpoints(m, stage, say)
         config = m.bench_config()
+        engine = engine or LocalEngine()
+        jobs = [(entry.arch, variant) for entry in m.models for variant in m.variants]
+        convs = engine.convert_all([_convert_job(m, arch, v, ckpts[arch], stage) for arch, v in jobs], say)
         rows: list[SweepRow] = []
-        for entry in m.models:
-            for variant in m.variants:
-                say(f"{entry.arch} / {variant.name}")
-                rows += _run_variant(m, entry.arch, variant, ckpts[entry.arch], stage, out_path, config, say)
+        for (arch, variant), conv in zip(jobs, convs, strict=True):
+            say(f"{arch} / {variant.name}")
+            rows += _variant_rows(m, arch, variant, conv, stage, out_path, config, say, engine)
         compare_with_baseline(rows)
         from modelport.benchmark.environment import collect_environment
         from modelport.pipeline import _now
@@ -534,22 +543,69 @@ def _base_checkpoints(m: Matrix, stage: Path, say: Progress) -> tuple[dict[str, 
     return ckpts, training
 
 
-def _run_variant(
-    m: Matrix, arch: str, variant: Variant, ckpt: Path, stage: Path, final: Path, config: "BenchConfig", say: Progress
-) -> list[SweepRow]:
-    """Convert and benchmark one model × variant; a failure is one ``failed`` row per profile, not an abort."""
-    from modelport.pipeline import bench, convert
+@dataclass
+class ConvertJob:
+    """One model × variant conversion: where it goes and the keyword arguments of ``pipeline.convert``."""
 
+    folder: str
+    checkpoint: Path
+    out: Path
+    kwargs: dict[str, Any]
+
+
+class SweepEngine(Protocol):
+    """Where a sweep's conversions and benchmarks run."""
+
+    def convert_all(self, jobs: list[ConvertJob], say: Progress) -> list[Any]:
+        """One ``ConversionResult`` (or the ``ModelportError`` that stopped it) per job, in order."""
+
+    def bench(self, conv: Any, config: "BenchConfig", include_reference: bool) -> Any:
+        """``BenchResults`` of one conversion."""
+
+
+class LocalEngine:
+    """Everything on this machine, one variant after another (the default)."""
+
+    def convert_all(self, jobs: list[ConvertJob], say: Progress) -> list[Any]:
+        from modelport.pipeline import convert
+
+        out: list[Any] = []
+        for job in jobs:
+            say(f"converting {job.folder}")
+            try:
+                out.append(convert(job.checkpoint, out=job.out, **job.kwargs))
+            except ModelportError as exc:
+                out.append(exc)
+        return out
+
+    def bench(self, conv: Any, config: "BenchConfig", include_reference: bool) -> Any:
+        from modelport.pipeline import bench
+
+        return bench(conv, config=config, include_reference=include_reference)
+
+
+def _convert_job(m: Matrix, arch: str, variant: Variant, ckpt: Path, stage: Path) -> ConvertJob:
+    folder = f"{arch}/{variant.name}"
+    kwargs = dict(
+        arch=arch, dataset=m.dataset, dataset_root=m.dataset_root, profiles=list(m.profiles),
+        precisions=list(variant.precisions) if variant.precisions else None, calibration_size=m.calibration_size,
+        seed=m.seed, recipe=variant.recipe_for(arch), compression_seconds=m.compression_seconds,
+    )
+    return ConvertJob(folder=folder, checkpoint=ckpt, out=stage / folder, kwargs=kwargs)
+
+
+def _variant_rows(
+    m: Matrix, arch: str, variant: Variant, conv: Any, stage: Path, final: Path, config: "BenchConfig",
+    say: Progress, engine: SweepEngine,
+) -> list[SweepRow]:
+    """Benchmark one converted model × variant; a failure is one ``failed`` row per profile, not an abort."""
     folder = f"{arch}/{variant.name}"
     recipe = variant.recipe_for(arch)
     summary = recipe.summary() if recipe else "(none)"
     try:
-        conv = convert(
-            ckpt, arch=arch, out=stage / folder, dataset=m.dataset, dataset_root=m.dataset_root,
-            profiles=list(m.profiles), precisions=list(variant.precisions) if variant.precisions else None,
-            calibration_size=m.calibration_size, seed=m.seed, recipe=recipe, compression_seconds=m.compression_seconds,
-        )
-        results = bench(conv, config=config, include_reference=_times_eager(m, variant, recipe))
+        if isinstance(conv, ModelportError):
+            raise conv
+        results = engine.bench(conv, config, _times_eager(m, variant, recipe))
     except ModelportError as exc:
         say(f"  failed: {exc.message}")
         return [
