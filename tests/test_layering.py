@@ -19,6 +19,7 @@ LEVELS = {
     "cli": 90,
     "__main__": 90,
     "__init__": 90,
+    "api": 90,
     "fleet": 85,
     "pipeline": 80,
     "bundle": 70,
