@@ -27,10 +27,16 @@ from modelport.backends.aoti.convert import (
     device_kind,
     read_sidecar,
 )
-from modelport.core.files import sha256_file
-from modelport.core.types import Artifact, Format
-from modelport.errors import InferenceInputError, InputError, RuntimeUnavailableError, ValidationError
 from modelport.backends.base import Feed, Runtime, Session
+from modelport.backends.sidecar import check_describes
+from modelport.core.files import sha256_file
+from modelport.core.trust import require_trusted
+from modelport.core.types import Artifact, Format
+from modelport.errors import (
+    InferenceInputError,
+    InputError,
+    RuntimeUnavailableError,
+)
 
 _REBUILD = "rebuild the package on this machine with 'modelport convert --profiles cpu-aoti' (or cuda-aoti)"
 
@@ -41,8 +47,8 @@ class AotiSession(Session):
     def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
         super().__init__(artifact, device, threads)
         self.kind = device_kind(device)
-        self._index = device_index(device)
         self.asynchronous = self.kind == "cuda"  # CUDA kernels outlive the call: timing synchronizes
+        self._index = device_index(device)
         self.sidecar: dict[str, Any] = {}
         self._model: Any = None
         self._run: Any = None
@@ -62,21 +68,12 @@ class AotiSession(Session):
         reason = check_sidecar(sidecar, current_environment(self.device))
         if reason is not None:
             raise RuntimeUnavailableError(f"Refusing {path}: {reason}.", fix=_REBUILD + ".")
-        want = sidecar.get("package_sha256")
-        if not want or sha256_file(path) != want:
-            raise ValidationError(
-                f"{path} is not the package its sidecar describes (sha256 {'missing' if not want else 'differs'}).",
-                fix=_REBUILD + ".",
-            )
-        if self.artifact.sha256 and self.artifact.sha256 != want:
-            raise ValidationError(
-                f"{path} is not the package the manifest records (sha256 differs).", fix=_REBUILD + "."
-            )
-        if sidecar.get("precision") and sidecar["precision"] != str(self.artifact.precision):
-            raise ValidationError(
-                f"{path} is recorded as {self.artifact.precision} but its sidecar says {sidecar['precision']}.",
-                fix="regenerate the folder with 'modelport convert'.",
-            )
+        actual = sha256_file(path)
+        check_describes(
+            path, sidecar, what="package", sha_key="package_sha256", actual_sha256=actual,
+            recorded_sha256=self.artifact.sha256, precision=str(self.artifact.precision), fix=_REBUILD + ".",
+        )
+        require_trusted(path, Format.AOTI_PACKAGE, file_sha256=actual)  # dlopen runs the library's code
         self.sidecar = sidecar
         batch = (sidecar.get("dynamic_shapes") or {}).get("batch") or {}
         self._max_batch = int(batch["max"]) if isinstance(batch.get("max"), int) else None
