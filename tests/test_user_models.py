@@ -183,6 +183,15 @@ def test_detection_style_outputs_are_refused_with_the_fix(tmp_path: Path) -> Non
     assert "wrap the model" in info.value.fix
 
 
+@pytest.mark.slow  # builds a real torchvision detector (~15 s on 2 shared cores)
+def test_a_torchvision_detector_is_refused_up_front_not_an_attribute_error(tmp_path: Path) -> None:
+    """Before: AttributeError: 'dict' object has no attribute 'shape'."""
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    with pytest.raises(InputError, match=r"list of 2 dicts, one per input sample \('boxes', 'scores', 'labels'"):
+        export_onnx(model, {"images": torch.rand(1, 3, 320, 320)}, tmp_path / "det.onnx")
+
+
 def test_a_module_in_train_mode_is_exported_in_eval_mode_and_given_back_as_it_came(tmp_path: Path) -> None:
     """Before: export_onnx called model.eval() and left the caller's module switched."""
     model = DropoutNet().train()
@@ -400,6 +409,13 @@ def test_dict_outputs_through_convert_and_an_isolated_bench_keep_every_output(tm
     assert eager.status == "ok", eager.status
     assert set(rows["legacy-cpu/fp32"].agreement["outputs"]) == {"last_hidden_state", "pooler_output"}
     assert "samples" in results.source["evaluation_data"]
+    # the sequence axis was exported dynamic: bench runs at another length, the eager program included
+    longer = bench(result, config=FAST_BENCH, eval_data=_text_batches(n_batches=2, seq=9), out=tmp_path / "b9")
+    rows = {r.label: r for r in longer.rows}
+    for label in ("pytorch/fp32 (eager)", "onnx/fp32 (export)", "legacy-cpu/fp32"):
+        assert rows[label].status == "ok", (label, rows[label].status)
+    assert rows["legacy-cpu/fp32"].agreement["cosine"] > 0.99999
+    assert longer.source["evaluation_data"].startswith("eval_data (list)")
 
 
 @dataclasses.dataclass

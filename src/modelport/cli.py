@@ -418,6 +418,9 @@ def bench_cmd(
         float, typer.Option(min=1.0, callback=_finite, help="Seconds one isolated artifact may take before it is killed.")
     ] = 600.0,
     dataset_root: Annotated[Path | None, typer.Option(help="Where the dataset lives on this machine.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(
+        help="Evaluate and time on these preprocessed inputs instead (.npy, or .npz named after the inputs, "
+        "'labels' for accuracy): e.g. another sequence length of a model exported with --dynamic-axes.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write results (default: FOLDER).")] = None,
     trust: Annotated[bool, typer.Option("--trust", help=_TRUST_HELP)] = False,
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help=_KEY_HELP)] = None,
@@ -447,8 +450,11 @@ def bench_cmd(
         if trust:
             err_console.print("[yellow]warning:[/yellow] --trust: files that can run code when loaded are loaded for "
                               "this run although nothing on this machine vouches for them (named below)")
+        from modelport.data.feeds import load_data_file
+
         results = bench(folder, out=out, profiles=profiles, config=config, dataset_root=dataset_root, progress=bars,
-                        trust=trust, trusted_keys=trusted_key or ())
+                        trust=trust, trusted_keys=trusted_key or (),
+                        eval_data=None if eval_data is None else load_data_file(eval_data))
     for warning in (results.source.get("trust") or {}).get("warnings") or []:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     render_table(results, console)

@@ -79,7 +79,7 @@ def export_onnx(
                 fix="pass a dict of input name to torch.Tensor.",
             )
     out_path = Path(out_path)
-    axes = _check_dynamic_axes(dynamic_axes, example_inputs)
+    axes = check_dynamic_axes(dynamic_axes, example_inputs)
     with eval_mode(model):
         inputs = _widen_batch(example_inputs) if dynamic_batch else dict(example_inputs)
         names, nested = _output_names(model, inputs, output_names)
@@ -439,7 +439,7 @@ def _flatten(out: Any) -> list[Any]:
     return [t for _, t in output_paths(out)]
 
 
-def _check_dynamic_axes(
+def check_dynamic_axes(
     axes: Mapping[str, Mapping[int, str]] | None, examples: Mapping[str, "torch.Tensor"]
 ) -> dict[str, dict[int, str]]:
     """Requested dynamic axes, checked against the example inputs (name, axis in range, example size ≥ 2)."""
@@ -689,7 +689,7 @@ def _ort_errors(path: Path) -> Iterator[None]:
             f"ONNX Runtime ran out of memory running {path} (the model asks for more than this machine has).",
             fix="check the model's shapes (a ConstantOfShape/Expand with huge sizes?) or use a machine with more memory.",
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - only ONNX Runtime's own exception types are turned into a paragraph
+    except Exception as exc:  # only ONNX Runtime's own exception types become a paragraph; the rest pass on
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
         raise ConversionError(
@@ -898,6 +898,7 @@ __all__ = [
     "EXPORTERS",
     "by_name",
     "call_model",
+    "check_dynamic_axes",
     "check_dynamic_sizes",
     "check_onnx",
     "check_outputs",

@@ -89,12 +89,7 @@ def bench(
     input_names = list(manifest.model.get("input_names") or [t.name for t in manifest.artifacts[0].inputs])
     feeds = _bench_feeds(manifest, folder, config, eval_data, input_names, _opt_path(dataset_root))
     say("computing reference outputs")
-    if decision.reference_program is None:
-        with granted(decision.grants):
-            reference, ref_label = _bench_reference(manifest, feeds, config)
-    else:  # an untrusted torch.export program is never unpickled: the outputs convert stored stand in for it
-        feeds, reference, ref_label = decision.samples_reference(config.eval_batch_size, input_names)
-        say(f"reference: {ref_label}")
+    feeds, reference, ref_label = _trusted_reference(manifest, feeds, config, decision, input_names, say)
     ref_accuracy = _accuracy(reference, feeds) if reference is not None else None
 
     items = [_folder_item(art, decision.status_for(i))
@@ -120,6 +115,20 @@ def bench(
     decision.annotate(results)
     write_results(results, Path(out) if out is not None else folder)
     return results
+
+
+def _trusted_reference(
+    manifest: Manifest, feeds: Feeds, config: "BenchConfig", decision: Any, input_names: list[str], say: Progress
+) -> tuple[Feeds, Any, str]:
+    """(feeds, reference outputs, label): an untrusted torch.export program is never unpickled, the outputs convert
+    stored in samples.npz (with their inputs) stand in for it."""
+    if decision.reference_program is None:
+        with granted(decision.grants):
+            reference, label = _bench_reference(manifest, feeds, config)
+        return feeds, reference, label
+    feeds, reference, label = decision.samples_reference(config.eval_batch_size, input_names)
+    say(f"reference: {label}")
+    return feeds, reference, label
 
 
 def _no_keys_for_folders(trusted_keys: Sequence[Path], source: Any) -> None:
@@ -344,7 +353,8 @@ def _bench_feeds(
     dataset_root: Path | None,
 ) -> Feeds:
     if eval_data is not None:  # any natural form, checked against the model's inputs
-        specs = [t for t in manifest.artifacts[0].inputs if t.name in input_names] if manifest.artifacts else []
+        onnx = [a for a in manifest.artifacts if a.format is Format.ONNX and a.profile is None] or manifest.artifacts
+        specs = [t for t in onnx[0].inputs if t.name in input_names] if onnx else []
         return _as_feeds(eval_data, specs if len(specs) == len(input_names) else input_names, config.eval_batch_size)
     desc = manifest.dataset
     if desc.get("name"):

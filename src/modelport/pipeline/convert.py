@@ -186,7 +186,7 @@ def convert(
                 compressed = _apply_recipe(source, recipe_obj, plan, input_names, seed, compression_seconds)
                 source = dataclasses.replace(source, model=compressed.model, arch=compressed.arch)
             say("saving the PyTorch reference")
-            torch_art = _save_reference(source, examples, stage, plan.preprocessing)
+            torch_art = _save_reference(source, examples, stage, plan.preprocessing, dynamic_axes)
             artifacts.append(torch_art)
             from modelport.export.onnx import (
                 export_onnx,

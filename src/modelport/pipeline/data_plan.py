@@ -321,6 +321,10 @@ def _rebatch_labelled(feeds: Feeds, batch: int) -> Feeds:
 
 def specs_of(examples: Mapping[str, Any], dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> list[TensorSpec]:
     """Input specs of example tensors: the batch and any requested dynamic axis by name, other sizes fixed."""
+    if dynamic_axes:
+        from modelport.export.onnx import check_dynamic_axes
+
+        dynamic_axes = check_dynamic_axes(dynamic_axes, examples)  # a bad request fails here, before any work
     out = []
     for name, t in examples.items():
         shape: list[int | str] = ["batch", *(int(d) for d in tuple(t.shape)[1:])]

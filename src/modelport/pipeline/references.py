@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     pass
 
 
-def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: Preprocessing | None) -> Artifact:
+def _save_reference(
+    source: Source, examples: dict[str, Any], stage: Path, pre: Preprocessing | None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> Artifact:
     """The FP32 PyTorch model as safetensors: the eager baseline ``bench`` measures everything against.
 
     Outputs are named as the ONNX export names them (dict keys kept). Nested outputs are flattened for the
@@ -41,10 +44,9 @@ def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: 
     with _torch_no_grad(), eval_mode(source.model):
         raw = call_model(source.model, examples)
     paths = output_paths(raw)
-    inputs = tuple(
-        TensorSpec(name, ("batch", *tuple(t.shape[1:])), str(t.detach().cpu().numpy().dtype))
-        for name, t in examples.items()
-    )
+    from modelport.pipeline.data_plan import specs_of
+
+    inputs = tuple(specs_of(examples, dynamic_axes))  # the axes exported dynamic are dynamic here too
     outputs = tuple(
         TensorSpec(name, ("batch", *tuple(o.shape[1:])), str(o.detach().cpu().float().numpy().dtype)
                    if o.is_floating_point() else str(o.cpu().numpy().dtype))
@@ -59,7 +61,8 @@ def _save_reference(source: Source, examples: dict[str, Any], stage: Path, pre: 
         program = path.with_name("model.pt2")
         try:
             # not in ``files``: the row's size stays the weights' (the program repeats them, plus a graph)
-            details.update(program=program.name, program_sha256=export_program(module, examples, program))
+            details.update(program=program.name,
+                           program_sha256=export_program(module, examples, program, dynamic_axes=dynamic_axes))
         except Exception as exc:  # torch.export cannot trace every module: the reference is then in-process only
             details["program_error"] = first_line(exc)[:300]
     return Artifact(

@@ -41,8 +41,12 @@ def unregister_module(sha256: str) -> None:
     _MODULES.pop(sha256, None)
 
 
-def export_program(module: "nn.Module", examples: Mapping[str, Any], path: Path) -> str:
-    """Save ``module`` (in eval mode) as a ``torch.export`` program with a dynamic batch dimension; return its sha256.
+def export_program(
+    module: "nn.Module", examples: Mapping[str, Any], path: Path,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> str:
+    """Save ``module`` (in eval mode) as a ``torch.export`` program with a dynamic batch dimension (and the
+    ``dynamic_axes`` convert exported dynamic, {input: {axis: name}}); return its sha256.
 
     The examples are repeated to batch 2 first: an example batch of 1 would specialise the batch dimension."""
     import torch
@@ -51,13 +55,14 @@ def export_program(module: "nn.Module", examples: Mapping[str, Any], path: Path)
 
     ex = {k: torch.cat([v, v]) if v.shape[0] == 1 else v for k, v in examples.items()}
     dyn = torch.export.Dim.DYNAMIC
+    shapes = {k: {0: dyn, **{int(a): dyn for a in ((dynamic_axes or {}).get(k) or {})}} for k in ex}
     was_training = module.training
     module.eval()
     try:
         if len(ex) == 1:
-            program = torch.export.export(module, (next(iter(ex.values())),), dynamic_shapes=({0: dyn},))
+            program = torch.export.export(module, (next(iter(ex.values())),), dynamic_shapes=tuple(shapes.values()))
         else:
-            program = torch.export.export(module, (), kwargs=ex, dynamic_shapes={k: {0: dyn} for k in ex})
+            program = torch.export.export(module, (), kwargs=ex, dynamic_shapes=shapes)
     finally:
         module.train(was_training)
     from modelport.core.trust import record_produced
