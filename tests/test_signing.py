@@ -78,6 +78,8 @@ def test_keys_and_pack_sign_from_the_cli(
     code, out = run_cli(["pack", str(converted), "--profile", "legacy-cpu", "--out", str(bundle), "--sign", str(private)],
                         capsys)
     assert code == 0 and "--trusted-key" in out, out
+    code, out = run_cli(["bench", str(converted), "--trusted-key", str(public)], capsys)
+    assert code == 2 and "a convert folder, which has none" in " ".join(out.split()), out  # never silently ignored
     monkeypatch.setenv("MODELPORT_HOME", str(tmp_path / "device"))  # another machine: nothing trusted yet
     code, out = run_cli(["verify", str(bundle), "--trusted-key", str(public)], capsys)
     assert code == 0 and "bundle verified" in out and "signed by SHA256:" in out, out
