@@ -129,7 +129,8 @@ def _suggested(report: dict[str, Any] | None, share: float = 0.1) -> list[str]:
     """The layers worth keeping in floating point: each alone closes at least ``share`` of the INT8 gap."""
     if not report:
         return []
-    return list(dict.fromkeys(d["layer"] for d in report.get("layers", []) if d.get("recovered", 0) >= share))
+    names = [n for d in report.get("layers", []) if d.get("recovered", 0) >= share for n in d.get("exclude") or [d["layer"]]]
+    return list(dict.fromkeys(names))
 
 
 def _first_samples(feeds: Feeds, n: int) -> Feeds:

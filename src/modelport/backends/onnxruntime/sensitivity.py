@@ -1,11 +1,13 @@
-"""Which layers INT8 hurts most in ONNX Runtime, measured on real sessions: each quantized node of the QDQ model is
-put back in floating point alone (its inputs' QuantizeLinear/DequantizeLinear pairs bypassed, its weights the FP32
-ones) and the model's output compared with the FP32 model's over a few held-out samples.
+"""Which layers INT8 hurts most in ONNX Runtime, measured on real sessions: each activation QuantizeLinear/
+DequantizeLinear pair of the QDQ model is bypassed alone (its readers get the floating-point tensor) and the model's
+output compared with the FP32 model's over a few held-out samples.
 
-A node whose reversion recovers much of the gap is one an ``ignored_scope`` should name; when none recovers much,
-the error is spread over the model and excluding layers will not fix it (the report says so, and the next steps put
-weight-only INT8 first). The per-tensor view of ONNX Runtime's ``qdq_loss_debug`` (the noise each quantizer adds)
-ranked the wrong layers first on a transformer encoder here, so the ranking is by effect on the output instead.
+ONNX Runtime puts a pair on a tensor when its producer or a reader is quantized, so the ``ignored_scope`` that removes
+one pair names the producer and every reader (``exclude``); ``recovered`` is the share of the INT8 gap (1 - cosine)
+that bypassing the pair alone closes. When no pair recovers much, the error is spread over the model and excluding
+layers will not fix it (the report says so, and the next steps put weight-only INT8 first). The per-tensor noise of
+ONNX Runtime's ``qdq_loss_debug`` ranked the wrong tensors first on a transformer encoder here, so the ranking is by
+effect on the output instead.
 
 A QOperator model hides its intermediate tensors inside fused integer operators, so its report is measured on a QDQ
 twin quantized with the same settings and calibration data (the report says so).
@@ -22,20 +24,20 @@ from modelport.backends.lowering import LoweringOptions, ignored_node_names
 from modelport.data.feeds import Feeds
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU")
-MAX_CANDIDATES = 120  # reversions tried (weighted layers first); each is one session over the probe samples
+MAX_CANDIDATES = 120  # pairs tried (those read by weighted layers first); each is one session over the probe
 
 
 def int8_sensitivity(
     prepared: Path, qdq: Path | None, opts: LoweringOptions, calibration: Feeds, probe: Feeds, work: Path, *,
     top: int = 5,
 ) -> dict[str, Any]:
-    """The ``top`` quantized nodes of the QDQ model ``qdq`` (quantized now from ``prepared`` with ``opts`` when None)
-    whose reversion to floating point brings the output closest to the FP32 model's over ``probe``."""
+    """The ``top`` activation Q/DQ pairs of the QDQ model ``qdq`` (quantized now from ``prepared`` with ``opts``
+    when None) whose bypass brings the output closest to the FP32 model's over ``probe``."""
     import onnx
 
     from modelport.backends.onnxruntime.convert import quantize_static_file
 
-    method = "each quantized node reverted to floating point alone in the QDQ INT8 model (ONNX Runtime)"
+    method = "each activation Q/DQ pair of the QDQ INT8 model bypassed alone (ONNX Runtime)"
     if qdq is None:
         qdq = work / "qdq_twin.onnx"
         graph = onnx.load(str(prepared), load_external_data=False).graph
@@ -44,64 +46,66 @@ def int8_sensitivity(
         method += " (a QDQ twin with the same settings and calibration data: QOperator fuses its tensors away)"
     fp32 = _outputs(onnx.load(str(prepared)), probe)
     model = onnx.load(str(qdq))
-    floats = {t.name: t for t in onnx.load(str(prepared)).graph.initializer}
     base = _cosine(fp32, _outputs(model, probe))
-    candidates = _quantized_nodes(model)
+    pairs = _activation_pairs(model)
     layers = []
-    for node in candidates[:MAX_CANDIDATES]:
-        variant = _reverted(model, node.name, floats)
-        cosine = _cosine(fp32, _outputs(variant, probe))
-        layers.append({"layer": node.name, "op": node.op_type, "cosine_if_fp32": round(cosine, 5),
-                       "recovered": round(_recovered(base, cosine), 3)})
+    for quantize, exclude, readers in pairs[:MAX_CANDIDATES]:
+        cosine = _cosine(fp32, _outputs(_bypassed(model, quantize), probe))
+        layers.append({"layer": readers[0], "tensor": quantize.input[0], "exclude": exclude,
+                       "cosine_if_fp32": round(cosine, 5), "recovered": round(_recovered(base, cosine), 3)})
     layers.sort(key=lambda d: -d["cosine_if_fp32"])
     return {
         "method": method,
-        "metric": "cosine of the first output with the FP32 model's when only this layer stays in floating point; "
-        "recovered = the share of the INT8 gap (1 - cosine) that this layer alone closes",
+        "metric": "cosine of the first output with the FP32 model's when this tensor stays in floating point; "
+        "recovered = the share of the INT8 gap (1 - cosine) that this alone closes; exclude = the nodes an "
+        "ignored_scope names to keep it in floating point",
         "int8_cosine": round(base, 5),
         "probe_samples": probe.num_samples,
-        "layers_tried": min(len(candidates), MAX_CANDIDATES),
-        "quantized_layers": len(candidates),
+        "layers_tried": min(len(pairs), MAX_CANDIDATES),
+        "quantized_tensors": len(pairs),
         "layers": layers[:top],
     }
 
 
-def _quantized_nodes(model: Any) -> list[Any]:
-    """Nodes (other than Q/DQ) reading a DequantizeLinear output, weighted layers first."""
+def _activation_pairs(model: Any) -> list[tuple[Any, list[str], list[str]]]:
+    """Each activation QuantizeLinear with the nodes touching its tensor (producer and readers, Q/DQ aside) and
+    the readers alone, pairs read by weighted layers first."""
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    inits = {t.name for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    out = [n for n in model.graph.node
-           if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name
-           and any((p := producers.get(i)) is not None and p.op_type == "DequantizeLinear" for i in n.input)]
-    return sorted(out, key=lambda n: n.op_type not in WEIGHTED)
+    readers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    out = []
+    for q in model.graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue
+        dqs = [n for n in readers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
+        users = [n for dq in dqs for n in readers.get(dq.output[0], []) if n.op_type not in qdq and n.name]
+        if not users:
+            continue
+        users.sort(key=lambda n: n.op_type not in WEIGHTED)
+        producer = producers.get(q.input[0])
+        touching = ([producer] if producer is not None and producer.op_type not in qdq and producer.name else [])
+        exclude = list(dict.fromkeys(n.name for n in [*users, *touching]))
+        out.append((q, exclude, [n.name for n in users]))
+    return sorted(out, key=lambda item: not any(
+        n.op_type in WEIGHTED for n in model.graph.node if n.name in item[2]))
 
 
-def _reverted(model: Any, name: str, floats: dict[str, Any]) -> Any:
-    """A copy of ``model`` where node ``name`` reads floating point: activations from before their Q/DQ pair,
-    weights from the FP32 model (ONNX Runtime names a quantized weight ``<name>_quantized``)."""
+def _bypassed(model: Any, quantize: Any) -> Any:
+    """A copy of ``model`` whose readers of ``quantize``'s pair read the floating-point tensor instead."""
     import onnx
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    producers = {o: n for n in copy.graph.node for o in n.output}
-    present = {t.name for t in copy.graph.initializer}
-    node = next(n for n in copy.graph.node if n.name == name)
-    for i, value in enumerate(node.input):
-        dq = producers.get(value)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue
-        source = dq.input[0]
-        quantize = producers.get(source)
-        if quantize is not None and quantize.op_type == "QuantizeLinear":
-            node.input[i] = quantize.input[0]
-        elif source.endswith("_quantized") and source[: -len("_quantized")] in floats:
-            fp32 = f"{source[: -len('_quantized')]}__fp32"
-            if fp32 not in present:
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(floats[source[: -len("_quantized")]])
-                tensor.name = fp32
-                copy.graph.initializer.append(tensor)
-                present.add(fp32)
-            node.input[i] = fp32
+    dq_outputs = {n.output[0] for n in copy.graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]}
+    for node in copy.graph.node:
+        for i, name in enumerate(node.input):
+            if name in dq_outputs:
+                node.input[i] = quantize.input[0]
     return copy
 
 

@@ -44,7 +44,7 @@ def int8_sensitivity(ir: Path, fp32_onnx: Path, probe: Feeds, *, top: int = 5) -
         for target in list(fq.output(0).get_target_inputs()):
             target.replace_source_output(fq.input_value(0))
         cosine = _cosine(reference, _outputs(core.compile_model(variant, "CPU", f32), probe))
-        layers.append({"layer": readers[0], "reads": readers, "quantizer": name,
+        layers.append({"layer": readers[0], "exclude": readers, "quantizer": name,
                        "cosine_if_fp32": round(cosine, 5), "recovered": round(_recovered(base, cosine), 3)})
     layers.sort(key=lambda d: -d["cosine_if_fp32"])
     return {
