@@ -288,3 +288,28 @@ def test_a_code_bearing_bundle_from_elsewhere_needs_trust(tmp_path: Path, capsys
     trust.record_produced(folder / "cpu-aoti" / "fp32" / "model.pt2", "aoti-package")  # as if made here
     report = verify(folder, isolate=False)
     assert report.refused is None and "produced on this machine" in report.checks[2].detail
+
+
+def test_a_folder_artifact_in_a_code_format_from_elsewhere_is_an_unavailable_row(tmp_path: Path) -> None:
+    """The folder decision: a package not produced here is not run (its row says why and names --trust)."""
+    from modelport.core.types import Artifact, Format, Precision, Status, TensorSpec
+    from modelport.pipeline.trust import folder_trust
+
+    package = tmp_path / "cpu-aoti" / "fp32" / "model.pt2"
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"compiled on someone else's machine")
+    spec = (TensorSpec("input", ("batch", 4)),)
+    art = Artifact(path=package, format=Format.AOTI_PACKAGE, precision=Precision.FP32, inputs=spec, outputs=spec,
+                   profile="cpu-aoti", status=Status.VALIDATED, sha256=sha256_file(package))
+    manifest = Manifest(artifacts=[art])
+    decision = folder_trust(manifest, tmp_path, trust=False, wanted=lambda a: True)
+    status = decision.status_for(0)
+    assert status.startswith("unavailable: not trusted here: cpu-aoti/fp32/model.pt2 (aoti-package)")
+    assert "--trust" in status and not decision.grants and decision.reference_program is None
+    decision = folder_trust(manifest, tmp_path, trust=True, wanted=lambda a: True)
+    assert decision.status_for(0) is None and decision.grants == {sha256_file(package): "--trust (nothing else vouches for it)"}
+    assert decision.warnings and "cpu-aoti/fp32/model.pt2" in decision.warnings[0]
+    trust.record_produced(package, Format.AOTI_PACKAGE)
+    decision = folder_trust(manifest, tmp_path, trust=False, wanted=lambda a: True)
+    assert decision.status_for(0) is None and decision.files == {"cpu-aoti/fp32/model.pt2": trust.PRODUCED_HERE}
+    assert folder_trust(manifest, tmp_path, trust=False, wanted=lambda a: False).files == {}  # not selected: not decided
