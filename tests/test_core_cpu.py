@@ -47,3 +47,22 @@ def test_unreadable_cpuinfo_is_unknown_not_an_error(tmp_path: Path, monkeypatch:
     info = cpu_info(tmp_path / "missing")
     assert not info.known and not info.vnni and info.int8_class == "unknown CPU features"
     assert info.record()["flags"]["avx2"] is None
+
+
+def test_onnx_runtime_says_when_an_int8_artifact_for_vnni_runs_on_a_cpu_without(monkeypatch: pytest.MonkeyPatch,
+                                                                                tmp_path: Path) -> None:
+    """The decision is taken again where the artifact runs: a VNNI-made INT8 file on an AVX2-only CPU is noted."""
+    import torch
+
+    from modelport.backends.onnxruntime.runtime import OnnxRuntimeRuntime
+    from modelport.core.types import Precision
+    from modelport.export.onnx import export_onnx
+
+    art = export_onnx(torch.nn.Linear(4, 2).eval(), {"input": torch.zeros(1, 4)}, tmp_path / "m" / "model.onnx")
+    int8 = art.replace(precision=Precision.INT8, details={**art.details, "reduce_range": False})
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2,fma")
+    assert any("lacks VNNI" in n for n in OnnxRuntimeRuntime().load(int8).notes)
+    safe = int8.replace(details={**int8.details, "reduce_range": True})
+    assert OnnxRuntimeRuntime().load(safe).notes == []
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2,avx512_vnni")
+    assert OnnxRuntimeRuntime().load(int8).notes == []

@@ -34,6 +34,24 @@ def _check_format(runtime: Runtime, artifact: Artifact) -> None:
         )
 
 
+def int8_cpu_note(artifact: Artifact) -> str | None:
+    """Said when an INT8 artifact made for a CPU with VNNI (8-bit weights, ``reduce_range`` off) runs on one
+    without: ONNX Runtime's u8×s8 kernels there add pairs of products in 16 bits and can saturate."""
+    if str(artifact.precision) != "int8" or artifact.details.get("reduce_range") is not False:
+        return None
+    from modelport.core.cpu import cpu_info
+
+    cpu = cpu_info()
+    if not cpu.known or cpu.vnni:
+        return None
+    return (
+        f"this CPU lacks VNNI ({cpu.int8_class}) and the INT8 weights use 8 bits (reduce_range off, made for "
+        f"{artifact.details.get('int8_options', {}).get('sources', {}).get('target_cpu', 'a VNNI CPU')}): ONNX "
+        "Runtime's u8s8 kernels can saturate here; convert for this CPU (profile int8_target_cpu = 'avx2', as "
+        "legacy-cpu)"
+    )
+
+
 def _check_threads(threads: int | None) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None, got {threads!r}.", fix="pass e.g. --threads 4.")
@@ -161,4 +179,8 @@ class OnnxRuntimeRuntime(Runtime):
             raise RuntimeUnavailableError(why, fix="choose a device from the list, or run on a machine that has it.")
         if device not in _PROVIDERS:
             raise RuntimeUnavailableError(f"onnxruntime in modelport runs on {', '.join(_PROVIDERS)}, not {device}.")
-        return OnnxRuntimeSession(artifact, device, threads)
+        session = OnnxRuntimeSession(artifact, device, threads)
+        note = int8_cpu_note(artifact) if device == "CPU" else None
+        if note:
+            session.notes.append(note)
+        return session
