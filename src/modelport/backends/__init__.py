@@ -98,6 +98,16 @@ BACKENDS: dict[str, Backend] = {
         code_formats=(Format.AOTI_PACKAGE,),  # a compiled shared library
         machine_check="modelport.backends.aoti.convert:machine_problem",  # the sidecar model.pt2.json
     ),
+    "executorch": Backend(
+        name="executorch",
+        label="ExecuTorch (XNNPACK)",
+        formats=(Format.EXECUTORCH_PROGRAM,),
+        runtime="modelport.backends.executorch.runtime:ExecuTorchRuntime",
+        converter="modelport.backends.executorch.convert:ExecuTorchConverter",  # from the PyTorch reference
+        distributions=("executorch",),
+        colour="#ff7f0e",
+        # a .pte is a flatbuffer program loaded with its verifier on: no pickle, no native code of its own
+    ),
 }
 
 # Distributions recorded beside the backends' own: the exporter and the quantizer.

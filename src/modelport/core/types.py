@@ -30,6 +30,7 @@ class Format(StrEnum):
     OPENVINO_IR = "openvino-ir"
     TENSORRT_ENGINE = "tensorrt-engine"
     AOTI_PACKAGE = "aoti-package"
+    EXECUTORCH_PROGRAM = "executorch-pte"
 
 
 class Status(StrEnum):
