@@ -179,7 +179,7 @@ def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
         load_checkpoint(missing, arch=ARCH)
     odd = tmp_path / "model.h5"
     odd.write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"\.safetensors, \.pt, \.pth, \.bin, \.onnx"):
+    with pytest.raises(CheckpointError, match=r"\.safetensors, \.pt, \.pth, \.bin, \.ckpt, \.onnx"):
         load_checkpoint(odd, arch=ARCH)
     with pytest.raises(CheckpointError, match="not a file"):
         load_checkpoint(tmp_path, arch=ARCH)
@@ -191,3 +191,70 @@ def test_onnx_is_passed_through(tmp_path: Path) -> None:
     loaded = load_checkpoint(path, arch=None)
     assert (loaded.kind, loaded.model, loaded.onnx_path) == ("onnx", None, path)
     assert loaded.sha256 == sha256_file(path)
+
+
+# ------------------------------------------------------------------------- checkpoints as people save them (issue 10)
+
+
+def test_lightning_ckpt_is_read_and_its_prefix_stripped_and_said(tmp_path: Path) -> None:
+    """A PyTorch Lightning checkpoint: 'state_dict' inside, keys under the LightningModule's 'model.', a loss's
+    weight beside them, trainer state around it."""
+    from modelport.models.checkpoint import CheckpointAdaptedWarning
+
+    model = _model()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["criterion.weight"] = torch.ones(10)  # a LightningModule's loss module
+    ckpt = {"epoch": 4, "global_step": 120, "pytorch-lightning_version": "2.4.0", "state_dict": state,
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.001}]}], "hyper_parameters": {"lr": 0.001}}
+    path = tmp_path / "epoch=4-step=120.ckpt"
+    torch.save(ckpt, path)
+    with pytest.warns(CheckpointAdaptedWarning, match="stripped the key prefix 'model.'.*criterion.weight"):
+        loaded = load_checkpoint(path, arch=ARCH)
+    assert _same_outputs(model, loaded.model)
+    assert any("'model.'" in n for n in loaded.notes)
+
+
+def test_nested_wrappers_are_all_stripped(tmp_path: Path) -> None:
+    model = _model()
+    path = tmp_path / "ddp_compiled.pt"
+    torch.save({f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}, path)
+    with pytest.warns(UserWarning):
+        loaded = load_checkpoint(path, arch=ARCH)
+    assert _same_outputs(model, loaded.model) and len(loaded.notes) == 2
+
+
+def test_stock_torchvision_resnet18_weights_get_the_imagenet_stem(tmp_path: Path) -> None:
+    """torchvision's resnet18 state dict (7×7 conv1, max pool) with --arch resnet18: the registry's default is the
+    small-input stem, so the size is inferred (224) and said; asking for a small size names --image-size 224."""
+    from torchvision.models import resnet18
+
+    from modelport.models.checkpoint import CheckpointAdaptedWarning
+
+    torch.manual_seed(0)
+    stock = resnet18(num_classes=10).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(stock.state_dict(), path)
+    with pytest.warns(CheckpointAdaptedWarning, match="ImageNet stem.*--image-size 224"):
+        loaded = load_checkpoint(path, arch="resnet18")
+    assert loaded.image_size == 224 and loaded.num_classes == 10
+    assert _same_outputs(stock, loaded.model, shape=(1, 3, 64, 64))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, arch="resnet18", image_size=32)
+    assert "--image-size 224" in info.value.fix
+
+
+def test_a_pickled_module_without_arch_gets_a_fix_that_names_cli_flags(tmp_path: Path) -> None:
+    """'convert whole.pt --trust-pickle' without --arch: the fix names flags the CLI has, not example_inputs alone;
+    and those flags then work."""
+    from modelport.pipeline import convert
+
+    path = tmp_path / "whole.pt"
+    torch.save(_model(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            convert(path, out=tmp_path / "o", trust_pickle=True, profiles="legacy-cpu", precisions="fp32")
+        assert "--in-channels and --image-size" in info.value.fix
+        result = convert(path, out=tmp_path / "o2", trust_pickle=True, profiles="legacy-cpu", precisions="fp32",
+                         in_channels=1, image_size=28, calibration_data=torch.randn(40, 1, 28, 28).numpy())
+    assert all(a.ok for a in result.artifacts), [a.status_text for a in result.artifacts]

@@ -25,16 +25,23 @@ if TYPE_CHECKING:
     from torch import nn
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # .ckpt: PyTorch Lightning (state_dict inside, "model." keys)
 ONNX_SUFFIXES = (".onnx",)
 SUPPORTED_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES + ONNX_SUFFIXES
 _WRAPPER_KEYS = ("state_dict", "model_state_dict")
-_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+# DataParallel/DDP, a LightningModule's ``self.model``, torch.compile: stripped when the weights fit without them
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+_LARGE_IMAGE = 224  # torchvision's ImageNet size: any image size above models.vision.SMALL_INPUT_MAX keeps that stem
 _MAX_LISTED = 5
 
 
 class UnsafeCheckpointWarning(UserWarning):
     """A checkpoint was unpickled with ``trust_pickle=True``: it could have run arbitrary code."""
+
+
+class CheckpointAdaptedWarning(UserWarning):
+    """The weights fit only after a change modelport made and says: a wrapper prefix stripped, an image size
+    inferred from the first convolution."""
 
 
 @dataclass
@@ -47,6 +54,9 @@ class LoadedCheckpoint:
     kind: str  # "safetensors" | "state_dict" | "pickled_module" | "onnx"
     arch: str | None
     num_classes: int | None
+    in_channels: int | None = None  # as the weights say, when read from them
+    image_size: int | None = None  # inferred from the weights (torchvision's ImageNet stem) when not given
+    notes: tuple[str, ...] = ()  # what was changed to make the weights fit (prefixes stripped, size inferred)
 
 
 def load_checkpoint(
@@ -92,15 +102,17 @@ def load_checkpoint(
             return LoadedCheckpoint(model, None, digest, "pickled_module", arch, num_classes or _head_classes(model))
         state, kind = _as_state_dict(obj, path), "state_dict"
 
-    state = _strip_prefixes(state)
     if arch is None:
         raise InputError(
             f"'{path}' holds only weights (a state dict); the architecture to load them into is needed.",
             fix=f"pass the architecture (--arch / arch=), one of: {', '.join(list_architectures())}.",
         )
-    model, n = _fit_state_dict(state, path, arch=arch, num_classes=num_classes, in_channels=in_channels,
-                               image_size=image_size)
-    return LoadedCheckpoint(model, None, digest, kind, arch, n)
+    fitted = _fit_state_dict(state, path, arch=arch, num_classes=num_classes, in_channels=in_channels,
+                             image_size=image_size)
+    for note in fitted.notes:
+        warnings.warn(f"{path}: {note}", CheckpointAdaptedWarning, stacklevel=2)
+    return LoadedCheckpoint(fitted.model, None, digest, kind, arch, fitted.num_classes, fitted.in_channels,
+                            fitted.image_size, fitted.notes)
 
 
 def save_state_dict(model: "nn.Module", path: Path) -> str:
@@ -187,11 +199,32 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, "torch.Tensor"]:
     return dict(obj)
 
 
-def _strip_prefixes(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
-    for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
+def _strip_prefixes(
+    state: dict[str, "torch.Tensor"], expected: set[str]
+) -> tuple[dict[str, "torch.Tensor"], list[str]]:
+    """Drop wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``, nested up to three deep) when the keys fit the
+    model better without them; entries outside the prefix (a Lightning module's loss weights, metrics) are left out,
+    and said. Returns the state and what was done."""
+    best, best_notes = state, []
+    frontier = [(state, [])]
+    for _ in range(3):
+        nxt = []
+        for current, notes in frontier:
+            for prefix in _PREFIXES:
+                inside = {k[len(prefix):]: v for k, v in current.items() if k.startswith(prefix)}
+                if not inside:
+                    continue
+                others = [k for k in current if not k.startswith(prefix)]
+                note = f"stripped the key prefix '{prefix}' ({len(inside)} entries)"
+                if others:
+                    more = f" (+{len(others) - _MAX_LISTED} more)" if len(others) > _MAX_LISTED else ""
+                    note += f" and left out {len(others)} entries outside it: {', '.join(others[:_MAX_LISTED])}{more}"
+                nxt.append((inside, [*notes, note]))
+        for candidate, notes in nxt:
+            if len(set(candidate) & expected) > len(set(best) & expected):
+                best, best_notes = candidate, notes
+        frontier = nxt
+    return best, best_notes
 
 
 def _first_and_last_weights(model: "nn.Module") -> tuple[str | None, str | None]:
@@ -214,13 +247,24 @@ def _head_classes(model: "nn.Module") -> int | None:
     return linears[-1].out_features if linears else None
 
 
+@dataclass
+class _Fitted:
+    model: "nn.Module"
+    num_classes: int
+    in_channels: int
+    image_size: int | None
+    notes: list[str]
+
+
 def _fit_state_dict(
     state: dict[str, "torch.Tensor"], path: Path, *, arch: str, num_classes: int | None, in_channels: int | None,
     image_size: int | None,
-) -> tuple["nn.Module", int]:
-    """Build ``arch`` (inferring classes/channels from the weights when not given) and load ``state`` strictly."""
+) -> _Fitted:
+    """Build ``arch`` (classes/channels from the weights when not given; torchvision's ImageNet stem when the weights
+    have it and no image size was given) and load ``state`` strictly; every adaptation is said in ``notes``."""
     spec = get_spec(arch)
     model = build_model(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    state, notes = _strip_prefixes(state, set(model.state_dict()))
     first, last = _first_and_last_weights(model)
     classes = spec.num_classes if num_classes is None else num_classes
     channels = spec.in_channels if in_channels is None else in_channels
@@ -230,7 +274,39 @@ def _fit_state_dict(
         channels = int(state[first].shape[1])
     if (classes, channels) != (num_classes or spec.num_classes, in_channels or spec.in_channels):
         model = build_model(arch, num_classes=classes, in_channels=channels, image_size=image_size)
+    problems = _mismatch(model, state)
+    large = None
+    if problems and (image_size or spec.image_size) <= _small_max():
+        large = build_model(arch, num_classes=classes, in_channels=channels, image_size=_LARGE_IMAGE)
+        if not _mismatch(large, state) and image_size is None:
+            notes.append(
+                f"the weights have torchvision's ImageNet stem ({first}: {tuple(state[first].shape)}), not the "
+                f"small-input stem {arch} builds at {spec.image_size} px: built it for --image-size {_LARGE_IMAGE}"
+            )
+            model, problems, image_size = large, [], _LARGE_IMAGE
+    if problems:
+        stem = large is not None and not _mismatch(large, state)
+        raise CheckpointError(
+            f"The weights in '{path}' do not fit architecture '{arch}' "
+            f"(num_classes={classes}, in_channels={channels}, "
+            f"image_size={image_size or spec.image_size}): {'; '.join(problems)}.",
+            fix=(f"these are weights for torchvision's ImageNet stem: pass --image-size {_LARGE_IMAGE} (any size "
+                 f"above {_small_max()} keeps that stem)" if stem else
+                 "pass the architecture the checkpoint was trained with (--arch), and --num-classes/--in-channels/"
+                 "--image-size if they differ from its defaults"),
+        )
+    model.load_state_dict(state, strict=True)
+    return _Fitted(model.eval(), classes, channels, image_size, notes)
 
+
+def _small_max() -> int:
+    from modelport.models.vision import SMALL_INPUT_MAX
+
+    return SMALL_INPUT_MAX
+
+
+def _mismatch(model: "nn.Module", state: dict[str, "torch.Tensor"]) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches, a few of each."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -239,18 +315,9 @@ def _fit_state_dict(
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-            if items:
-                more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
-        raise CheckpointError(
-            f"The weights in '{path}' do not fit architecture '{arch}' "
-            f"(num_classes={classes}, in_channels={channels}, "
-            f"image_size={image_size or spec.image_size}): {'; '.join(parts)}.",
-            fix="pass the architecture the checkpoint was trained with, and --num-classes/--in-channels/--image-size "
-            "if they differ from its defaults.",
-        )
-    model.load_state_dict(state, strict=True)
-    return model.eval(), classes
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
+    return parts

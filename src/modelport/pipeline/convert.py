@@ -148,6 +148,8 @@ def convert(
             source.model_kwargs["image_size"],
             source.model_kwargs["image_size"],
         )
+    elif source.model is not None and in_channels and image_size and example_inputs is None:
+        input_shape = (in_channels, image_size, image_size)  # a pickled module: --in-channels/--image-size say it
     if dataset is None and source.arch is not None and calibration_data is None:
         dataset = "digits"
     request = data_request(

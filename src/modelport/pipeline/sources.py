@@ -76,7 +76,8 @@ def _load_source(
     if loaded.arch is not None:
         from modelport.models import model_input_shape
 
-        c, h, _ = model_input_shape(loaded.arch, in_channels=in_channels, image_size=image_size)
+        c, h, _ = model_input_shape(loaded.arch, in_channels=in_channels or loaded.in_channels,
+                                    image_size=image_size or loaded.image_size)  # as the weights say, if read
         kwargs = {"num_classes": loaded.num_classes, "in_channels": c, "image_size": h}
     model = loaded.model.eval() if loaded.model is not None else None
     return Source(model, loaded.onnx_path, loaded.arch, kwargs, loaded.sha256, loaded.kind)
@@ -140,7 +141,10 @@ def _example_inputs(
         )
     if plan_input_shape is None:
         raise InputError(
-            "Cannot tell the model's input shape.", fix="pass example_inputs (a tensor or a dict of name → tensor)."
+            "Cannot tell the model's input shape: it is not a registry architecture, so nothing says what it takes.",
+            fix="on the command line pass --in-channels and --image-size (an image model), or --arch if it is a "
+            "registry architecture, or export it to ONNX yourself and convert the .onnx; from Python pass "
+            "example_inputs= (a tensor or a dict of name → tensor).",
         )
     return {"input": torch.zeros((2, *plan_input_shape), dtype=torch.float32)}
 
