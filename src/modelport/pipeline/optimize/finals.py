@@ -72,6 +72,7 @@ def _decide_profile(s: Search, p: DeviceProfile) -> ProfileOutcome:
         outcome.winner = _point(s, winner)
         outcome.why = _why(s, winner, [t for t in finalists if t is not winner and t.feasible(s.ctx.max_drop)])
     outcome.eager = _versus_eager(eager, winner)
+    outcome.single_method = _versus_single(s, measured, winner)
     screened = [t for t in mine if t.quick_value is not None]
     outcome.int8 = _int8_verdict(s, _baseline(screened), _best_int8(screened), winner)
     return outcome
@@ -108,6 +109,21 @@ def _eager_artifact(s: Search) -> Artifact | None:
         return None
     return next((a for a in s.manifest(str(s.baseline_folder)).artifacts
                  if a.details.get("reference") and a.profile is None and str(a.format) == "pytorch"), None)
+
+
+def _versus_single(s: Search, measured: list[Trial], winner: Trial | None) -> dict[str, Any] | None:
+    """The best candidate of one method (at most one recipe step, FP16 included; not the baseline) within the
+    budget, by the full measurement, and the winner's objective as a ratio of it (same run, same protocol)."""
+    single = [t for t in measured if t.candidate != BASELINE and len(t.steps) <= 1 and t.feasible(s.ctx.max_drop)
+              and t.value is not None]
+    if not single:
+        return None
+    best = min(single, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+    out = {"candidate": best.candidate, "precision": best.precision, "value": best.value, "p50_ms": best.p50_ms,
+           "size_bytes": best.size_bytes}
+    if winner is not None and winner.value is not None and best.value:
+        out["winner_ratio"] = winner.value / best.value
+    return out
 
 
 def _versus_eager(eager: dict[str, Any] | None, winner: Trial | None) -> dict[str, Any] | None:

@@ -94,6 +94,7 @@ class ProfileOutcome:
     finals: list[dict[str, Any]] = field(default_factory=list)
     int8: dict[str, Any] | None = None
     eager: dict[str, Any] | None = None  # the FP32 PyTorch model re-timed with the finalists, and the winner vs it
+    single_method: dict[str, Any] | None = None  # the best one-step candidate within the budget, and the winner vs it
     pack_command: str | None = None
     folder: str | None = None
 
