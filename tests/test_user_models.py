@@ -155,6 +155,32 @@ def test_dict_outputs_keep_nested_keys_and_skip_none(tmp_path: Path) -> None:
     assert validate_onnx(art, model, _vec_feeds()).status is Status.VALIDATED
 
 
+class KeysLikeLayers(nn.Module):
+    """Dict keys equal to names the exporter gives internal values ('embedding' is the Embedding op's output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 8)
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = self.embedding(input_ids).mean(1)
+        return {"embedding": e, "linear": self.linear(e)}
+
+
+def test_output_names_that_clash_with_internal_value_names_export(tmp_path: Path) -> None:
+    """Before the renaming pass: 'embedding' has been used as output names multiple times (SSA violation)."""
+    model = KeysLikeLayers().eval()
+    ids = torch.randint(0, 50, (2, 5))
+    art = export_onnx(model, {"input_ids": ids}, tmp_path / "k.onnx")
+    assert [t.name for t in art.outputs] == ["embedding", "linear"]
+    feeds = Feeds(batches=({"input_ids": np.random.default_rng(0).integers(0, 50, (3, 5))},))
+    assert validate_onnx(art, model, feeds).status is Status.VALIDATED
+    with pytest.raises(InputError, match="also names of the model's inputs"):
+        export_onnx(model, {"input_ids": ids}, tmp_path / "k2.onnx", output_names=["input_ids", "linear"])
+    assert not (tmp_path / "k2.onnx").exists()
+
+
 def test_a_wrong_second_output_fails_and_is_named(tmp_path: Path) -> None:
     """Before: only output 0 was compared, so a wrong second output validated."""
     torch.manual_seed(0)
@@ -565,7 +591,7 @@ def test_bundle_verify_and_run_py_compare_every_output(tmp_path: Path) -> None:
     good = verify(folder, isolate=False)
     assert good.ok, good.to_dict()
     run = subprocess.run([sys.executable, str(folder / "run.py"), "--json"], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
+                         timeout=300, cwd=tmp_path, check=False)
     report = json.loads(run.stdout)
     assert run.returncode == 0 and set(report["artifacts"][0]["outputs"]) == {"cls", "box"}
 
@@ -575,6 +601,6 @@ def test_bundle_verify_and_run_py_compare_every_output(tmp_path: Path) -> None:
     bad = verify(folder, isolate=False)
     assert not bad.ok and "output 'box' differs from PyTorch" in bad.failures()[0].detail
     run = subprocess.run([sys.executable, str(folder / "run.py"), "--json"], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
+                         timeout=300, cwd=tmp_path, check=False)
     report = json.loads(run.stdout)
     assert run.returncode == 1 and report["artifacts"][0]["failure"].startswith("output 'box' differs")

@@ -85,8 +85,10 @@ def export_onnx(
         names, nested = _output_names(model, inputs, output_names)
         target = flat_module(model) if nested else model
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        errors, exporter = _run_exporters(target, inputs, out_path, names, dynamic_batch, axes, opset)
+        placeholders = [f"modelport_output_{i}" for i in range(len(names))]  # no clash with the exporter's names
+        errors, exporter = _run_exporters(target, inputs, out_path, placeholders, dynamic_batch, axes, opset)
     try:
+        _rename_outputs(out_path, names)
         proto = check_onnx(out_path)
         inputs_spec, outputs_spec = read_specs(proto)
         got = [t.name for t in inputs_spec]
@@ -97,7 +99,7 @@ def export_onnx(
                 fix="name the example inputs after the parameters of the model's forward().",
             )
         data_files = _external_data_files(proto, out_path.parent)  # only for models over 2 GB
-    except ConversionError:
+    except (ConversionError, InputError):
         out_path.unlink(missing_ok=True)  # leave no file that failed its checks
         raise
     details: dict[str, Any] = {"exporter": exporter, "opset": _opset(proto), "dynamic_batch": dynamic_batch}
@@ -146,6 +148,55 @@ def _run_exporters(
             "the .onnx file.",
         )
     return errors, exporter
+
+
+def _rename_outputs(path: Path, wanted: Sequence[str]) -> None:
+    """Give the graph outputs their names (dict keys such as ``embedding``). An exporter names internal values after
+    modules and ops, so a wanted name may already be taken inside the graph: that value is renamed first, keeping
+    the graph in single-assignment form. Weights in external data stay where they are."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    current = [o.name for o in graph.output]
+    if current == list(wanted):
+        return
+    used = {n for node in graph.node for n in (*node.input, *node.output)}
+    used |= {v.name for v in (*graph.input, *graph.value_info)} | {t.name for t in graph.initializer}
+    inputs = {v.name for v in graph.input if v.name not in {t.name for t in graph.initializer}}
+    taken = [n for n in wanted if n in inputs]
+    if taken:
+        raise InputError(f"Output name(s) {', '.join(taken)} are also names of the model's inputs.",
+                         fix="pass output_names that differ from the input names.")
+    mapping: dict[str, str] = {}
+    for new in wanted:
+        if new in used and new not in current:
+            fresh = next(f"{new}_{i}" for i in range(1, len(used) + 2) if f"{new}_{i}" not in used)
+            mapping[new] = fresh
+            used.add(fresh)
+    passthrough = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for cur, new in zip(current, wanted, strict=True):
+        if cur in passthrough:  # an input or a weight returned as it is: copy it under the output's name
+            graph.node.append(onnx.helper.make_node("Identity", [cur], [new]))
+        else:
+            mapping[cur] = new
+    _apply_names(graph, mapping)
+    for out, new in zip(graph.output, wanted, strict=True):
+        out.name = new
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def _apply_names(graph: Any, mapping: Mapping[str, str]) -> None:
+    """Rename values everywhere in ``graph`` and its subgraphs (If/Loop bodies read outer values by name)."""
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                _apply_names(sub, mapping)
+    for v in (*graph.value_info, *graph.initializer):
+        v.name = mapping.get(v.name, v.name)
 
 
 def _file_facts(path: Path, data_files: list[str] | tuple[str, ...]) -> dict[str, Any]:
