@@ -21,9 +21,49 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is the fleet's engine: pip install 'modelport[fleet]'")
 
-pytestmark = pytest.mark.slow
-
 HEAD_IP = "127.0.0.2"
+
+
+# ------------------------------------------------------------------------------------- without a cluster (fast)
+
+
+def test_a_node_advertises_its_profiles_a_bench_slot_and_a_convert_slot_and_its_machine() -> None:
+    from modelport.errors import InputError
+    from modelport.fleet.node import advertised_resources, machine_facts, machine_hash, ray_start_argv
+
+    res = advertised_resources(["legacy-cpu", "intel-cpu"])
+    assert res == {"profile:legacy-cpu": 1.0, "profile:intel-cpu": 1.0, "modelport-bench": 1.0,
+                   "modelport-convert": 1.0}
+    with pytest.raises(InputError, match="no-such-profile"):
+        advertised_resources(["no-such-profile"])
+
+    argv = ray_start_argv(head=True, port=6390, node_ip_address="127.0.0.5", resources=res, num_cpus=1, block=True)
+    assert argv[1:4] == ["start", "--disable-usage-stats", "--head"]
+    assert {"--port=6390", "--include-dashboard=false", "--node-ip-address=127.0.0.5", "--num-cpus=1",
+            "--block"} <= set(argv)
+    flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    assert json.loads(flags["resources"]) == res
+    labels = dict(kv.split("=", 1) for kv in flags["labels"].split(","))
+    assert labels["modelport.machine"] == machine_hash(machine_facts())
+    assert set(labels) == {"modelport.cpu", "modelport.int8", "modelport.machine"}
+    assert all(c.isalnum() or c in "-_." for v in labels.values() for c in v), labels
+
+    join = ray_start_argv(head=False, address="127.0.0.2:6390", resources=res)
+    assert "--address=127.0.0.2:6390" in join and "--head" not in join and not any("port=" in a for a in join)
+    with pytest.raises(InputError, match="head's address"):
+        ray_start_argv(head=False, resources=res)
+
+
+def test_without_ray_the_fleet_commands_say_how_to_install_it() -> None:
+    """Ray made unimportable in a fresh interpreter (as when it is not installed): one paragraph, exit 2."""
+    script = ("import sys; sys.modules['ray'] = None; from modelport.cli import main; "
+              "main(['fleet', 'status', '--cluster', '127.0.0.2:1'])")
+    done = subprocess.run([os.sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "pip install 'modelport[fleet]'" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------------------------- a real loopback cluster
 
 
 def _free_port() -> int:
@@ -134,6 +174,7 @@ def _node_ids(cluster: LocalCluster) -> dict[str, str]:
     return {"legacy": by_ip.get("127.0.0.3"), "intel": by_ip.get("127.0.0.4")}
 
 
+@pytest.mark.slow
 def test_each_profile_runs_only_on_the_node_that_offers_it(cluster, folder, tmp_path) -> None:
     from modelport.fleet.bench import bench_on_cluster
 
@@ -155,6 +196,7 @@ def test_each_profile_runs_only_on_the_node_that_offers_it(cluster, folder, tmp_
     assert again.rows_from_cache == 2 and len(again.all_rows()) == 2
 
 
+@pytest.mark.slow
 def test_a_profile_no_node_offers_is_unavailable_and_a_bundle_altered_in_transit_never_runs(
     cluster, folder, tmp_path
 ) -> None:
@@ -175,6 +217,98 @@ def test_a_profile_no_node_offers_is_unavailable_and_a_bundle_altered_in_transit
     assert rows["legacy-cpu"]["status"] == "ok"
 
 
+FLEET_MATRIX = """
+name = "fleet-test"
+models = ["simple-mnist"]
+profiles = ["legacy-cpu", "intel-cpu"]
+epochs = 1
+train_seconds = 20
+calibration_size = 64
+[bench]
+batch_sizes = [1]
+min_iters = 5
+min_seconds = 0.05
+warmup_iters = 1
+warmup_seconds = 0.0
+eval_limit = 128
+[[variant]]
+name = "baseline"
+precisions = ["fp32"]
+[[variant]]
+name = "prune-50"
+precisions = ["fp32"]
+[[variant.step]]
+method = "prune"
+sparsity = 0.5
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_on_the_cluster_converts_once_and_benchmarks_each_profile_on_its_node(cluster, tmp_path) -> None:
+    """Two variants: each converted exactly once (somewhere on the cluster), each profile's rows measured only on the
+    node that offers it, every row in the merged table (eager rows say why they were not measured)."""
+    from modelport.fleet.sweep import EAGER_NOT_ON_CLUSTER, ClusterEngine
+    from modelport.pipeline.sweep import EAGER, read_sweep, run_sweep
+
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(FLEET_MATRIX)
+    out = tmp_path / "sweep"
+    with ClusterEngine(cluster.address, node_ip_address=HEAD_IP) as engine:
+        result = run_sweep(matrix, out=out, engine=engine)
+    ids = _node_ids(cluster)
+
+    assert sorted(c["folder"] for c in engine.conversions) == ["simple-mnist/baseline", "simple-mnist/prune-50"]
+    assert all(c["status"] == "ok" and c["node_id"] for c in engine.conversions), engine.conversions
+    assert len(engine.runs) == 2
+    for run in engine.runs:  # both profiles' bundles came from the one conversion in that variant's folder
+        folder = out / run.out_dir.parent.name / run.out_dir.name  # run.out_dir was in the staging folder
+        manifest = json.loads((folder / "manifest.json").read_text())
+        shas = {a["sha256"] for a in manifest["artifacts"]}
+        assert {r["sha256"] for r in run.all_rows()} <= shas and len(run.all_rows()) == 2
+
+    rows = {(r.variant, r.profile): r for r in result.rows}
+    assert set(rows) == {(v, p) for v in ("baseline", "prune-50") for p in ("legacy-cpu", "intel-cpu", EAGER)}
+    for variant in ("baseline", "prune-50"):
+        for prof, node in (("legacy-cpu", "legacy"), ("intel-cpu", "intel")):
+            row = rows[(variant, prof)]
+            assert row.status == "ok" and row.accuracy is not None, row
+            assert row.node == ids[node] and row.machine, (row.node, ids)
+        assert rows[(variant, EAGER)].status == EAGER_NOT_ON_CLUSTER and rows[(variant, EAGER)].node is None
+    data = read_sweep(out)
+    assert len(data["rows"]) == 6 and all("node" in r and "machine" in r for r in data["rows"])
+    md = (out / "sweep.md").read_text()
+    assert "legacy-cpu" in md and "intel-cpu" in md
+    assert (out / "simple-mnist" / "prune-50" / "fleet-results.md").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged is left behind
+
+
+@pytest.mark.slow
+def test_cli_fleet_status_lists_nodes_profiles_and_labels(cluster, capsys) -> None:
+    from cli_helpers import run_ok
+
+    text = run_ok(["fleet", "status", "--cluster", cluster.address, "--node-ip-address", HEAD_IP], capsys)
+    for needle in ("127.0.0.3", "127.0.0.4", "legacy-cpu", "intel-cpu", "idle", "machine="):
+        assert needle in text, text
+
+
+@pytest.mark.slow
+def test_cli_bench_on_the_cluster_prints_the_merged_table(cluster, folder, tmp_path, capsys, monkeypatch) -> None:
+    from cli_helpers import run_ok
+
+    monkeypatch.setenv("MODELPORT_RAY_NODE_IP", HEAD_IP)
+    out = tmp_path / "cli"
+    text = run_ok(["bench", str(folder), "--cluster", cluster.address, "--out", str(out), "--batch", "1",
+                   "--min-iters", "5", "--min-seconds", "0.05", "--warmup-iters", "1", "--warmup-seconds", "0"],
+                  capsys)
+    assert "legacy-cpu/fp32" in text and "intel-cpu/fp32" in text, text
+    assert "fleet-results.md" in text and (out / "fleet-results.md").is_file()
+    from cli_helpers import run_cli
+
+    code, err = run_cli(["bench", str(folder), "--cluster", cluster.address, "--trust"], capsys)
+    assert code == 2 and "--trust cannot be used with --cluster" in err
+
+
+@pytest.mark.slow
 def test_a_node_killed_mid_benchmark_loses_no_other_row(cluster, folder, tmp_path) -> None:
     """The intel-cpu node dies while timing; no other node offers intel-cpu, so that row is 'failed: node lost'
     and the legacy-cpu row still arrives; the results files are whole JSON."""

@@ -334,6 +334,7 @@ def sweep_cmd(
     matrix: Annotated[Path, typer.Argument(help="Matrix TOML: models × variants (recipes) × profiles.")],
     out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite a sweep folder).")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sweep output folder.")] = False,
+    cluster: Annotated[str | None, typer.Option(help=_CLUSTER_HELP)] = None,
 ) -> None:
     """Train each model once, convert every variant into its own folder, benchmark all, write one merged table.
 
@@ -343,9 +344,17 @@ def sweep_cmd(
     """
     from modelport.pipeline.sweep import render_sweep, run_sweep
 
-    with _Steps() as steps:
-        result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps)
+    if cluster is not None:
+        from modelport.fleet.sweep import ClusterEngine
+
+        with _Steps() as steps, ClusterEngine(cluster, progress=steps) as engine:
+            result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps, engine=engine)
+    else:
+        with _Steps() as steps:
+            result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps)
     render_sweep(result, console)
+    if cluster is not None:
+        _print_rows_per_machine(result.rows)
     console.print(f"wrote {result.out_dir / 'sweep.json'}, sweep.csv, sweep.md")
 
 
@@ -424,6 +433,7 @@ def bench_cmd(
     out: Annotated[Path | None, typer.Option(help="Where to write results (default: FOLDER).")] = None,
     trust: Annotated[bool, typer.Option("--trust", help=_TRUST_HELP)] = False,
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help=_KEY_HELP)] = None,
+    cluster: Annotated[str | None, typer.Option(help=_CLUSTER_HELP)] = None,
 ) -> None:
     """Benchmark every artifact in its native runtime; write results.json/csv/md and report.html.
 
@@ -446,6 +456,11 @@ def bench_cmd(
         isolate=isolate,
         artifact_timeout=timeout,
     )
+    if cluster is not None:
+        _bench_cluster(folder, cluster, out=out, profiles=profiles, config=config,
+                       local_only={"--eval-data": eval_data, "--trust": trust, "--trusted-key": trusted_key,
+                                   "--dataset-root": dataset_root})
+        return
     with BenchProgress(err_console) as bars:
         if trust:
             err_console.print("[yellow]warning:[/yellow] --trust: files that can run code when loaded are loaded for "
@@ -594,6 +609,137 @@ def verify_cmd(
         err_console.print(f"[bold red]verification failed:[/bold red] {escape(reason)}", soft_wrap=True)
         raise typer.Exit(1)
     console.print("[green]bundle verified[/green]")
+
+
+_CLUSTER_HELP = ("Run on a Ray fleet: auto (Ray on this machine), HOST:PORT of a head this machine has joined, or "
+                 "ray://HOST:PORT (see 'modelport fleet').")
+
+
+def _bench_cluster(folder: Path, cluster: str, *, out: Path | None, profiles: str | None, config: Any,
+                   local_only: dict[str, Any]) -> None:
+    """``bench --cluster``: each profile on a node that offers it; the merged table, rows labelled by machine."""
+    from modelport.fleet.bench import bench_on_cluster, fleet_comparison
+    from modelport.reporting.merge import environment_summary
+    from modelport.reporting.report import render_table
+
+    given = [flag for flag, value in local_only.items() if value]
+    if given:
+        raise InputError(f"{', '.join(given)} cannot be used with --cluster: each node benchmarks the bundle it "
+                         "receives, with the samples bundled in it and its own trust rules.",
+                         fix=f"leave out {', '.join(given)}, or run 'modelport bench' without --cluster.")
+    run = bench_on_cluster(folder, cluster=cluster, out=out, profiles=profiles, config=config, progress=_progress)
+    if not run.files:
+        console.print("nothing was benchmarked")
+        return
+    comparison = fleet_comparison(run)
+    render_table(comparison, console)
+    for machine in comparison.runs:
+        console.print(f"[bold]{safe_text(machine.name)}[/bold]: {safe_text(environment_summary(machine.environment))}")
+    if run.rows_from_cache:
+        console.print(f"{run.rows_from_cache} row(s) from the cache (already measured on that machine)")
+    console.print(f"wrote {escape(str(run.out_dir / 'fleet-results.md'))}, fleet-results.csv, fleet-report.html, "
+                  f"per machine under {escape(str(run.out_dir / 'fleet'))}/")
+
+
+def _print_rows_per_machine(rows: list[Any]) -> None:
+    """A fleet sweep: how many rows each machine measured (the rest say why they were not measured)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = row.machine or "not measured on a node"
+        counts[key] = counts.get(key, 0) + 1
+    console.print("rows per machine: " + ", ".join(f"{safe_text(k)}: {v}" for k, v in sorted(counts.items())))
+
+
+fleet_app = typer.Typer(
+    help="A device fleet on Ray: start a head, join machines (each advertises the profiles it can run), see them.",
+    no_args_is_help=True,
+)
+app.add_typer(fleet_app, name="fleet")
+_NODE_IP_HELP = "The address other nodes reach this machine at (default: Ray's guess)."
+_PROFILES_OFFER_HELP = ("Comma-separated profiles this node offers, or none (default: every profile 'modelport doctor' "
+                        "finds runnable here).")
+
+
+def _print_started(started: dict[str, Any]) -> None:
+    profiles = sorted(k.split(":", 1)[1] for k in started["resources"] if k.startswith("profile:"))
+    console.print(f"advertises profiles: {', '.join(profiles) or 'none (conversions only)'}; "
+                  f"resources {escape(str(started['resources']))}")
+    console.print(f"labels: {escape(', '.join(f'{k}={v}' for k, v in started['labels'].items()))}")
+
+
+@fleet_app.command(name="head")
+def fleet_head_cmd(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The head's port (Ray's GCS).")] = 6379,
+    node_ip_address: Annotated[str | None, typer.Option(help=_NODE_IP_HELP)] = None,
+    profiles: Annotated[str | None, typer.Option(help=_PROFILES_OFFER_HELP)] = None,
+) -> None:
+    """Start the fleet's head on this machine (it is a node too: it offers its own profiles).
+
+    Only trusted machines on a private network may reach its ports: whoever can join can run code on every node.\n
+    Example:  modelport fleet head --node-ip-address 10.0.0.5
+    """
+    from modelport.fleet.node import start_node
+
+    started = start_node(head=True, port=port, node_ip_address=node_ip_address,
+                         profiles=None if profiles is None else _name_list(profiles))
+    _print_started(started)
+    where = f"{node_ip_address or 'THIS-MACHINE'}:{port}"
+    console.print(f"head started; on each other machine: modelport fleet join --address {where}\n"
+                  f"then: modelport sweep MATRIX.toml --out DIR --cluster {where}   (stop with: ray stop)")
+
+
+@fleet_app.command(name="join")
+def fleet_join_cmd(
+    address: Annotated[str, typer.Option(help="The head's HOST:PORT.")],
+    node_ip_address: Annotated[str | None, typer.Option(help=_NODE_IP_HELP)] = None,
+    profiles: Annotated[str | None, typer.Option(help=_PROFILES_OFFER_HELP)] = None,
+) -> None:
+    """Join this machine to a fleet as a node advertising the profiles it can run.
+
+    Example:  modelport fleet join --address 10.0.0.5:6379
+    """
+    from modelport.fleet.node import start_node
+
+    started = start_node(head=False, address=address, node_ip_address=node_ip_address,
+                         profiles=None if profiles is None else _name_list(profiles))
+    _print_started(started)
+    console.print(f"joined {escape(address)} (leave with: ray stop)")
+
+
+@fleet_app.command(name="status")
+def fleet_status_cmd(
+    cluster: Annotated[str | None, typer.Option(help="HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS).")] = None,
+    node_ip_address: Annotated[str | None, typer.Option(help=_NODE_IP_HELP)] = None,
+) -> None:
+    """The fleet's nodes: address, profiles offered, benchmarking now or idle, machine labels.
+
+    Example:  modelport fleet status --cluster 10.0.0.5:6379
+    """
+    from rich.table import Table
+
+    from modelport.fleet.cluster import fleet_status
+
+    cluster = cluster or os.environ.get("RAY_ADDRESS")
+    if not cluster:
+        raise InputError("No cluster given.", fix="pass --cluster HOST:PORT (printed by 'modelport fleet head').")
+    table = Table(title=f"fleet {safe_text(cluster)}")
+    for col in ("node", "address", "state", "profiles", "converts", "labels"):
+        table.add_column(col)
+    for n in fleet_status(cluster, node_ip_address=node_ip_address):
+        state = "dead" if not n.alive else ("benchmarking" if n.busy else "idle")
+        table.add_row(n.node_id[:8], safe_text(n.address), state, safe_text(", ".join(n.profiles) or "-"),
+                      "yes" if n.converts else "no",
+                      safe_text(", ".join(f"{k.removeprefix('modelport.')}={v}" for k, v in sorted(n.labels.items()))))
+    console.print(table)
+
+
+def _name_list(text: str) -> list[str]:
+    if text.strip() == "none":
+        return []  # a node that converts but offers no profile to benchmark on
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise InputError("--profiles is empty.", fix="name at least one profile, e.g. --profiles intel-cpu.")
+    return names
 
 
 keys_app = typer.Typer(

@@ -129,6 +129,7 @@ class ArtifactResult:
     energy: dict[int, dict[str, Any]] = field(default_factory=dict)  # per batch: joules/inference or "n/a (no counters)"
     settings: dict[str, Any] = field(default_factory=dict)  # threads/streams/affinity as the runtime reports them
     isolation: dict[str, Any] = field(default_factory=dict)  # subprocess: pid, exit code, peak-RSS source, seconds
+    node: dict[str, Any] = field(default_factory=dict)  # fleet: the Ray node and machine that measured it
 
     @property
     def ok(self) -> bool:
@@ -221,6 +222,7 @@ class ArtifactResult:
             "energy": {str(b): dict(e) for b, e in sorted(self.energy.items())},
             "settings": dict(self.settings),
             "isolation": dict(self.isolation),
+            **({"node": dict(self.node)} if self.node else {}),
         }
 
     @classmethod
@@ -256,6 +258,7 @@ class ArtifactResult:
                 energy={int(b): dict(e) for b, e in dict(d.get("energy") or {}).items()},
                 settings=dict(d.get("settings") or {}),
                 isolation=dict(d.get("isolation") or {}),
+                node=dict(d.get("node") or {}),
             )
         except ManifestError:
             raise

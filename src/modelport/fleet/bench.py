@@ -44,6 +44,7 @@ class FleetRun:
     machines: dict[str, dict[str, Any]] = field(default_factory=dict)  # machine id -> {"node": …, "results": …}
     rows_from_cache: int = 0
     files: list[Path] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the machine name of each file (its folder under fleet/)
 
     def all_rows(self) -> list[dict[str, Any]]:
         return [r for m in self.machines.values() for r in m["results"]["rows"]]
@@ -192,7 +193,10 @@ def _orphans(ray: Any, pending: dict[Any, tuple[str, list[Artifact]]], run: Flee
 def _accept(run: FleetRun, prof: str, arts: list[Artifact], answer: dict[str, Any]) -> None:
     node = answer.get("node") or {}
     if "error" in answer:
-        _add_rows(run, node, _status_rows(arts, prof, f"failed: {answer['error']}"), env=None)
+        rows = _status_rows(arts, prof, f"failed: {answer['error']}")
+        for row in rows:
+            row["node"] = _node_record(node)
+        _add_rows(run, node, rows, env=None)
         return
     results = answer["results"]
     for row in results.get("rows") or []:
@@ -202,7 +206,15 @@ def _accept(run: FleetRun, prof: str, arts: list[Artifact], answer: dict[str, An
 
 
 def _node_record(node: dict[str, Any]) -> dict[str, Any]:
-    return {k: node.get(k) for k in ("node_id", "hostname", "machine_id", "cpu_model", "cpu_int8")}
+    record = {k: node.get(k) for k in ("node_id", "hostname", "machine_id", "cpu_model", "cpu_int8")}
+    if record["machine_id"]:
+        record["machine"] = machine_name(record)
+    return record
+
+
+def machine_name(node: dict[str, Any]) -> str:
+    """``<hostname>-<6 hex of the machine id>``: a machine's folder under ``fleet/`` and its name in the report."""
+    return f"{node.get('hostname') or 'node'}-{str(node.get('machine_id') or '')[:6]}"
 
 
 def _status_rows(arts: list[Artifact], prof: str, status: str) -> list[dict[str, Any]]:
@@ -289,7 +301,7 @@ def _write(run: FleetRun, cache: dict[str, Any]) -> None:
     paths, names = [], []
     for machine_id, entry in sorted(run.machines.items()):
         node = entry["node"]
-        name = UNSCHEDULED if machine_id == UNSCHEDULED else f"{node.get('hostname') or 'node'}-{machine_id[:6]}"
+        name = UNSCHEDULED if machine_id == UNSCHEDULED else machine_name({**node, "machine_id": machine_id})
         path = run.out_dir / "fleet" / name / "results.json"
         atomic_write_json(path, entry["results"])
         paths.append(path)
@@ -300,9 +312,17 @@ def _write(run: FleetRun, cache: dict[str, Any]) -> None:
                     "row": row, "node": node, "environment": entry["results"].get("environment"),
                 }
     run.files = paths
+    run.names = names
     if paths:
         comparison = merge(paths, names=names)
         write_markdown(comparison, run.out_dir / "fleet-results.md")
         write_csv(comparison, run.out_dir / "fleet-results.csv")
         write_html(comparison, run.out_dir / "fleet-report.html")
     atomic_write_json(run.out_dir / CACHE_NAME, {"schema": "modelport.fleet-cache", "entries": cache["entries"]})
+
+
+def fleet_comparison(run: FleetRun) -> Any:
+    """The merged comparison of a run's per-machine results (``reporting.merge``): labels name the machine."""
+    from modelport.reporting.merge import merge
+
+    return merge(run.files, names=run.names)

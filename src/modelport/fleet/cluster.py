@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelport.errors import InputError, RuntimeUnavailableError
-from modelport.fleet.node import BENCH_SLOT, PROFILE_PREFIX, advertised_resources
+from modelport.fleet.node import BENCH_SLOT, CONVERT_SLOT, PROFILE_PREFIX, advertised_resources
 
 NODE_IP_ENV = "MODELPORT_RAY_NODE_IP"  # the address this driver is reached at (one-machine tests: 127.0.0.x)
 
@@ -34,8 +34,13 @@ def import_ray() -> Any:
 
 @contextlib.contextmanager
 def connected(cluster: str, *, node_ip_address: str | None = None) -> Iterator[Any]:
-    """Ray initialised for ``cluster``; shut down on exit."""
+    """Ray initialised for ``cluster``; shut down on exit. Inside an open connection (a ``ClusterEngine`` holds one
+    over a whole sweep, so ``auto`` does not start and stop a local Ray per variant) that connection is reused and
+    left open."""
     ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
     if not cluster or not isinstance(cluster, str):
         raise InputError("No cluster given.", fix="pass --cluster auto, HOST:PORT or ray://HOST:PORT.")
     ip = node_ip_address or os.environ.get(NODE_IP_ENV) or None
@@ -77,6 +82,7 @@ class NodeInfo:
     profiles: list[str]
     busy: bool  # its benchmark slot is taken right now
     labels: dict[str, str] = field(default_factory=dict)
+    converts: bool = False  # it offers the conversion slot
 
 
 def nodes(ray: Any) -> list[NodeInfo]:
@@ -99,6 +105,7 @@ def nodes(ray: Any) -> list[NodeInfo]:
                 profiles=sorted(k[len(PROFILE_PREFIX) :] for k in res if k.startswith(PROFILE_PREFIX)),
                 busy=bool(res.get(BENCH_SLOT)) and avail.get(BENCH_SLOT, res.get(BENCH_SLOT)) < res.get(BENCH_SLOT, 0),
                 labels={str(k): str(v) for k, v in (n.get("Labels") or {}).items() if str(k).startswith("modelport.")},
+                converts=bool(res.get(CONVERT_SLOT)),
             )
         )
     return out
@@ -107,3 +114,9 @@ def nodes(ray: Any) -> list[NodeInfo]:
 def offered_profiles(ray: Any) -> set[str]:
     """Profiles some live node of the cluster advertises."""
     return {p for n in nodes(ray) if n.alive for p in n.profiles}
+
+
+def fleet_status(cluster: str, *, node_ip_address: str | None = None) -> list[NodeInfo]:
+    """The nodes of ``cluster`` (connects, reads, disconnects)."""
+    with connected(cluster, node_ip_address=node_ip_address) as ray:
+        return nodes(ray)

@@ -111,11 +111,7 @@ def ray_start_argv(
     if node_ip_address:
         argv += [f"--node-ip-address={node_ip_address}"]
     argv += [f"--resources={json.dumps(resources if resources is not None else advertised_resources())}"]
-    facts = machine_facts()
-    labels = {"modelport.cpu": str(facts["cpu_model"] or "unknown")[:60].replace(",", " ")}
-    labels["modelport.int8"] = str(facts["cpu_int8"])
-    labels["modelport.machine"] = machine_hash(facts)
-    argv += [f"--labels={','.join(f'{k}={_label_value(v)}' for k, v in labels.items())}"]
+    argv += [f"--labels={','.join(f'{k}={v}' for k, v in node_labels().items())}"]
     if num_cpus is not None:
         argv += [f"--num-cpus={int(num_cpus)}"]
     if object_store_bytes is not None:
@@ -123,6 +119,44 @@ def ray_start_argv(
     if block:
         argv += ["--block"]
     return argv
+
+
+def node_labels(facts: dict[str, Any] | None = None) -> dict[str, str]:
+    """The Ray labels a node carries: CPU model, its INT8 class, and the machine id the result cache keys on."""
+    facts = facts or machine_facts()
+    labels = {"modelport.cpu": str(facts["cpu_model"] or "unknown")[:60].replace(",", " ")}
+    labels["modelport.int8"] = str(facts["cpu_int8"])
+    labels["modelport.machine"] = machine_hash(facts)
+    return {k: _label_value(v) for k, v in labels.items()}
+
+
+def start_node(
+    *,
+    head: bool,
+    address: str | None = None,
+    port: int = 6379,
+    node_ip_address: str | None = None,
+    profiles: list[str] | None = None,
+) -> dict[str, Any]:
+    """Start this machine's Ray node (``ray start``: daemons in the background) advertising ``profiles`` (default:
+    what ``modelport doctor`` finds runnable here). Returns what it advertises and Ray's own words."""
+    import subprocess
+
+    from modelport.errors import RuntimeUnavailableError
+    from modelport.fleet.cluster import import_ray
+
+    import_ray()  # one paragraph with the fix when Ray is missing
+    resources = advertised_resources(profiles)
+    argv = ray_start_argv(head=head, address=address, port=port, node_ip_address=node_ip_address,
+                          resources=resources)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeUnavailableError(
+            f"'ray start' failed (exit {done.returncode}): {' '.join(tail) or 'no output'}.",
+            fix="check the address and that the port is free; 'ray stop' ends Ray processes left on this machine.",
+        )
+    return {"argv": argv, "resources": resources, "labels": node_labels(), "output": done.stdout}
 
 
 def _label_value(value: str) -> str:

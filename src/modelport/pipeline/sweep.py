@@ -385,6 +385,8 @@ class SweepRow:
     gzip_ratio: float | None = None
     latency_ratio: float | None = None  # this p50 / baseline p50 (< 1 is faster)
     warnings: list[str] = field(default_factory=list)
+    node: str | None = None  # a fleet sweep: the Ray node id and the machine that measured the row
+    machine: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -647,7 +649,7 @@ def _row(arch: str, variant: str, summary: str, profile: str, folder: str, r: "A
         size_bytes=r.size_bytes, gzip_bytes=r.gzip_bytes,
         p50_ms=r.latency[lat_b].p50 if lat_b is not None else None, latency_batch=lat_b,
         throughput=r.throughput.get(thr_b) if thr_b is not None else None, throughput_batch=thr_b,
-        accuracy=r.accuracy, warnings=notes,
+        accuracy=r.accuracy, warnings=notes, node=r.node.get("node_id"), machine=r.node.get("machine"),
     )
 
 
