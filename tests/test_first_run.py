@@ -271,18 +271,50 @@ def test_onnx_runtime_quantizer_warnings_go_to_the_log(tmp_path: Path, capfd: py
 def test_nncf_progress_bars_stay_off_stdout(converted) -> None:
     _, stdout, stderr = converted  # the conversion ran NNCF's INT8 quantization (intel-cpu/int8)
     assert "Statistics collection" not in stdout and "Fast Bias correction" not in stdout
-    assert "Statistics collection" not in stderr
+    assert "Statistics collection" not in stderr and "No CUDA runtime" not in stderr
 
 
-def test_python_api_takes_a_progress_callback(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handlers_third_parties_install_themselves_write_to_the_log(tmp_path: Path,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """torch puts its own stderr handler on the "torch" logger when imported (NNCF's import of torch's extension
+    loader then says "No CUDA runtime is found" through it); NNCF logs to stdout through its own. Both land in
+    the log, and modelport's own warnings still reach the user."""
+    import logging
+
+    import nncf  # noqa: F401 - installs NNCF's stdout handler
+    import torch  # noqa: F401 - installs torch's stderr handler
+
+    from modelport.core.quiet import captured
+
+    log = tmp_path / "noise.log"
+    with captured(log) as noise:
+        logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/x'")
+        logging.getLogger("nncf").warning("an NNCF warning")
+        logging.getLogger("modelport.trust").warning("a modelport warning")
+    out, err = capfd.readouterr()
+    assert "No CUDA runtime" not in out + err and "NNCF warning" not in out + err
+    assert "a modelport warning" in err
+    text = log.read_text()
+    assert text.count("No CUDA runtime") == 1 and "an NNCF warning" in text and noise.records == 2
+    logging.getLogger("nncf").warning("after the capture")  # handlers are back as they were
+    assert "after the capture" in capfd.readouterr().out
+
+
+def test_python_api_takes_a_progress_callback_and_draws_on_a_terminal(
+    trained, converted, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import modelport
+    from modelport.benchmark.runner import BenchConfig
+    from modelport.benchmark.timing import TimingConfig
 
+    fast = BenchConfig(timing=TimingConfig(warmup_iters=0, warmup_seconds=0, min_iters=2, min_seconds=0),
+                       batch_sizes=(1,), eval_limit=16, isolate=False)
     seen: list[str] = []
-    modelport.convert(trained[0], arch="simple-mnist", profiles="legacy-cpu", precisions="fp32",
-                      out=tmp_path / "cb", progress=seen.append)
-    assert any("lowering for legacy-cpu" in m for m in seen)
+    modelport.bench(converted[0], profiles="legacy-cpu", config=fast, out=tmp_path / "b", progress=seen.append)
+    assert any("legacy-cpu/fp32" in m for m in seen)
     assert capsys.readouterr().err == ""  # a callback is the caller's display; nothing is drawn
+    modelport.bench(converted[0], profiles="legacy-cpu", config=fast, out=tmp_path / "c")
+    assert capsys.readouterr().err == ""  # not a terminal, no callback: silent, as a library should be
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stderr is a terminal
     modelport.convert(trained[0], arch="simple-mnist", profiles="legacy-cpu", precisions="fp32", out=tmp_path / "tty")
     assert "lowering for legacy-cpu at fp32" in capsys.readouterr().err  # the spinner's finished steps

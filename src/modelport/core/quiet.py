@@ -17,6 +17,7 @@ import contextlib
 import datetime as _dt
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -86,6 +87,9 @@ class _CountingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.addFilter(lambda r: not _ours(r))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.__dict__.get("_modelport_logged"):  # reached us twice (its logger's handler and root's)
+            return
+        record.__dict__["_modelport_logged"] = True
         self._captured.records += 1
         super().emit(record)
 
@@ -123,7 +127,7 @@ def captured(path: str | Path | None = None) -> Iterator[Captured]:
         root.addHandler(h)  # a root with a handler: logging.warning() no longer installs a stderr one
     root.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings(), _rich_global_console(stream):
+        with warnings.catch_warnings(), _rich_global_console(stream), _terminal_handlers_to(handlers[0]):
             warnings.simplefilter("default")
             warnings.showwarning = _warning_router(warnings.showwarning)
             yield result
@@ -137,6 +141,29 @@ def captured(path: str | Path | None = None) -> Iterator[Captured]:
             _attach(logging.getLogger(name), saved)
         handlers[0].flush()
         stream.close()
+
+
+@contextlib.contextmanager
+def _terminal_handlers_to(log: logging.Handler) -> Iterator[None]:
+    """Any other logging handler that writes to the terminal (torch installs its own on ``import torch``, after the
+    capture began; NNCF has one on stdout) hands third-party records to ``log`` instead, until exit."""
+    original = logging.Handler.handle
+
+    def handle(self: logging.Handler, record: logging.LogRecord) -> Any:
+        if self is not log and not _ours(record) and _writes_to_terminal(self):
+            return log.handle(record)
+        return original(self, record)
+
+    logging.Handler.handle = handle  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        logging.Handler.handle = original  # type: ignore[method-assign]
+
+
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return stream is not None and any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
 
 
 def _detach(logger: logging.Logger) -> tuple[list[logging.Handler], int, bool]:
