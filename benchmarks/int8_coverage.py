@@ -144,8 +144,8 @@ def markdown(results: dict[str, Any], env: dict[str, Any]) -> str:
     lines = [
         "# INT8 coverage (issue 10)",
         "",
-        f"CPU: {cpu.get('model')} ({cpu.get('int8_class')}), {cpu.get('usable_cores')} usable cores, shared; "
-        "batch 1 p50 in ms; random weights, small inputs.",
+        (f"CPU: {cpu.get('model')} ({cpu.get('int8_class')}), {cpu.get('usable_cores')} usable cores, shared; "
+         "batch 1 p50 in ms; random weights, small inputs."),
         "",
         "| model | profile | fp32 p50 | static INT8 | cos | p50 | weight-only INT8 | cos | p50 | most sensitive / next |",
         "|---|---|---|---|---|---|---|---|---|---|",

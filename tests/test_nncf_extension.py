@@ -46,7 +46,7 @@ def test_extension_timeout_says_what_happened_and_how_to_prebuild(tmp_path: Path
     env = {k: v for k, v in os.environ.items() if k not in ("NNCF_EXTENSION_LOAD_TIMEOUT", "TORCH_EXTENSIONS_DIR")}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "ext"), str(Path(__file__).parent)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     out = done.stdout
     assert "MESSAGE:" in out, done.stdout + done.stderr

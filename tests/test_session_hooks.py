@@ -93,7 +93,7 @@ def test_a_cpu_session_is_not_synchronized_in_the_timed_loop(artifact) -> None:
 
 def test_an_asynchronous_session_without_synchronize_is_refused_at_definition() -> None:
     with pytest.raises(TypeError, match="synchronize"):
-        class NoSync(OnnxRuntimeSession):  # noqa: F841 - defining it is the test
+        class NoSync(OnnxRuntimeSession):
             asynchronous = True
 
 

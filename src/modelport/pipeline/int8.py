@@ -23,7 +23,7 @@ from modelport.backends.base import MEASURABLE
 from modelport.core.profiles import DeviceProfile
 from modelport.core.types import Artifact
 from modelport.data.feeds import Feeds
-from modelport.errors import ModelportError, first_line
+from modelport.errors import first_line
 
 HOLD_OUT_EVERY = 4  # one in four overlapping validation batches validates INT8
 PROBE_SAMPLES = 16  # samples the per-layer report runs on
@@ -106,7 +106,7 @@ def explain_failure(
     try:
         report = converter.int8_sensitivity(source, art, profile, calibration=calibration, probe=probe,
                                             options=options)
-    except (ModelportError, Exception) as exc:  # noqa: BLE001 - a diagnosis must never hide the failure itself
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the failure it explains
         report = None
         diagnosis["sensitivity_error"] = first_line(exc)
     layers = _suggested(report)
