@@ -31,6 +31,17 @@ class TimingConfig:
     max_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        for name in ("warmup_seconds", "min_seconds", "max_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(
+                    f"{name} must be a finite number of seconds, got {value!r} (an endless run times nothing).",
+                    fix=f"pass --{name.replace('_', '-')} as a plain number such as 1.5.",
+                )
+        for name in ("warmup_iters", "min_iters"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise InputError(f"{name} must be a whole number, got {getattr(self, name)!r}.",
+                                 fix=f"pass --{name.replace('_', '-')} as a whole number.")
         if self.warmup_iters < 0 or self.warmup_seconds < 0:
             raise InputError("Warm-up iterations and seconds cannot be negative.", fix="pass values ≥ 0.")
         if self.min_iters < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,11 +46,15 @@ def opened_bundle(path: str | Path) -> Iterator[Path]:
             fix="pass what 'modelport pack' wrote.",
         )
     from modelport.bundle.safe_tar import safe_extract
+    from modelport.core.outdir import owned_temp_dir
 
-    with tempfile.TemporaryDirectory(prefix="modelport-bundle-") as tmp:
-        folder = Path(tmp) / "bundle"
+    tmp = owned_temp_dir("modelport-bundle-")  # pid in the name: a later run removes it if this one is killed
+    try:
+        folder = tmp / "bundle"
         safe_extract(path, folder)
         yield _bundle_root(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bundle_root(folder: Path) -> Path:

@@ -10,6 +10,7 @@ QDQ/QOperator). Recipes chain steps; the manifest records each step's ``to_dict(
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from modelport.core.limits import limit, over_limit
 from modelport.errors import InputError
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ def parse_params(step: str, params_cls: type, given: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(params_cls)
     values: dict[str, Any] = {}
     for name, value in given.items():
-        values[name] = _coerce(step, name, value, hints[name])
+        values[name] = _sane(step, name, _coerce(step, name, value, hints[name]))
     missing = [
         n for n, f in fields.items()
         if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -122,6 +124,29 @@ def parse_params(step: str, params_cls: type, given: dict[str, Any]) -> Any:
             fix=f"add {missing[0]} = … to the step.",
         )
     return params_cls(**values)
+
+
+MAX_LR = 10.0  # far above any learning rate that trains; 1e308 overflows float32 inside the optimiser
+
+
+def _sane(step: str, name: str, value: Any) -> Any:
+    """Values no step can use, refused when the recipe is read rather than deep inside training: a non-finite
+    float anywhere, a learning rate outside (0, 10], more epochs than ``max_epochs`` (``MODELPORT_MAX_EPOCHS``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"Compression step '{step}': {name} is {value}, not a finite number.",
+                         fix=f"give {name} an ordinary number.")
+    is_lr = name == "lr" or name.endswith("_lr")
+    if is_lr and isinstance(value, (int, float)) and not 0 < value <= MAX_LR:
+        raise InputError(
+            f"Compression step '{step}': {name} = {value:g} is outside (0, {MAX_LR:g}]; a learning rate that large "
+            "overflows or diverges at the first step.",
+            fix=f"set {name} to e.g. 1e-3.",
+        )
+    if (name == "epochs" or name.endswith("_epochs")) and isinstance(value, int) and not isinstance(value, bool):
+        cap = limit("max_epochs")
+        if cap is not None and value > cap:
+            raise over_limit("max_epochs", f"asks for {value:,} epochs", f"Compression step '{step}': {name}")
+    return value
 
 
 def _coerce(step: str, name: str, value: Any, hint: Any) -> Any:
