@@ -63,6 +63,18 @@ def test_without_ray_the_fleet_commands_say_how_to_install_it() -> None:
     assert "pip install 'modelport[fleet]'" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_joining_a_head_that_does_not_answer_fails_at_once_with_one_paragraph(capsys) -> None:
+    """'ray start --address' retries an unreachable head for minutes; the join checks the address first."""
+    from cli_helpers import run_cli
+
+    port = _free_port()  # bound and released: nothing listens there
+    code, text = run_cli(["fleet", "join", "--address", f"{HEAD_IP}:{port}", "--node-ip-address", "127.0.0.9",
+                          "--profiles", "legacy-cpu"], capsys)
+    assert code == 2 and f"Nothing answers at {HEAD_IP}:{port}" in text and "Traceback" not in text
+    code, text = run_cli(["fleet", "join", "--address", "no-port-here", "--profiles", "legacy-cpu"], capsys)
+    assert code == 2 and "is not HOST:PORT" in text
+
+
 # ------------------------------------------------------------------------------------- a real loopback cluster
 
 

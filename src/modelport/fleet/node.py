@@ -18,6 +18,7 @@ from typing import Any
 BENCH_SLOT = "modelport-bench"
 CONVERT_SLOT = "modelport-convert"
 PROFILE_PREFIX = "profile:"
+START_TIMEOUT_S = 300
 
 
 def profile_resource(profile: str) -> str:
@@ -149,7 +150,15 @@ def start_node(
     resources = advertised_resources(profiles)
     argv = ray_start_argv(head=head, address=address, port=port, node_ip_address=node_ip_address,
                           resources=resources)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if not head:
+        check_reachable(str(address))  # 'ray start' would retry an unreachable head for minutes
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=START_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeUnavailableError(
+            f"'ray start' did not finish within {START_TIMEOUT_S} s.",
+            fix="check that this machine can reach the head and its nodes on every Ray port, then retry.",
+        ) from exc
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise RuntimeUnavailableError(
@@ -157,6 +166,23 @@ def start_node(
             fix="check the address and that the port is free; 'ray stop' ends Ray processes left on this machine.",
         )
     return {"argv": argv, "resources": resources, "labels": node_labels(), "output": done.stdout}
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A head answers at ``HOST:PORT`` (a TCP connect), or one paragraph saying it does not."""
+    from modelport.errors import InputError
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"Head address '{address}' is not HOST:PORT.", fix="pass --address HOST:PORT, e.g. 10.0.0.5:6379.")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"Nothing answers at {address} ({exc.strerror or exc}).",
+            fix="start the head first ('modelport fleet head' prints its address), or check the address and firewall.",
+        ) from exc
 
 
 def _label_value(value: str) -> str:
