@@ -24,16 +24,10 @@ import numpy as np
 import pytest
 from cli_helpers import run_cli
 
-from modelport.core.outdir import (
-    MARKER_NAME,
-    clean_stale_staging,
-    clean_stale_temp_dirs,
-    owned_temp_dir,
-    pid_alive,
-)
 from modelport.errors import ConversionError, InputError, ManifestError, ModelportError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+MARKER_NAME = ".modelport-out"  # modelport.core.outdir.MARKER_NAME (a literal, so this file imports on older code)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -292,6 +286,8 @@ def test_sigterm_during_convert_cleans_up_like_ctrl_c(tiny: Path, tmp_path: Path
 
 def test_stale_leftovers_of_dead_processes_are_removed_never_a_live_ones(tiny: Path, tmp_path: Path) -> None:
     """Case 4: what a SIGKILL left (staging folders, $TMPDIR/modelport-bench-*) goes on the next run, by pid and lock."""
+    from modelport.core.outdir import clean_stale_staging, clean_stale_temp_dirs, owned_temp_dir
+
     dead = _dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"], stdin=subprocess.PIPE)
     try:
@@ -345,7 +341,7 @@ def test_sigterm_during_bench_kills_the_child_and_removes_temporary_folders(conv
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert not pid_alive(child) or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
     assert [p.name for p in tmp.iterdir() if p.name.startswith(("modelport-bench", "modelport-bundle"))] == []
 
 
@@ -406,7 +402,11 @@ def test_an_npz_bomb_is_refused_from_its_headers_before_loading(bundle: Path, tm
     """Case 6: a small samples.npz declaring 4 TiB is refused (limit named) without inflating anything."""
     from modelport.bundle.verify import verify
     from modelport.core.files import sha256_file
-    from modelport.data.samples import load_samples
+
+    try:
+        from modelport.data.samples import load_samples
+    except ImportError:  # before samples.npz I/O moved to data/
+        from modelport.pipeline import load_samples
 
     bomb = _npz_declaring(tmp_path / "bomb.npz", (1 << 20, 1 << 20))
     assert bomb.stat().st_size < 100_000
