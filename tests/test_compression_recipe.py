@@ -278,12 +278,14 @@ def test_failed_step_leaves_out_untouched(mnist_ckpt: Path, tmp_path: Path) -> N
 
     out = tmp_path / "earlier"
     out.mkdir()
-    (out / "manifest.json").write_text('{"earlier": true}')  # an earlier modelport run, to be replaced on success
+    earlier = '{"schema": "modelport.manifest", "earlier": true}'  # an earlier modelport run, replaced on success
+    (out / "manifest.json").write_text(earlier)
+    (out / ".modelport-out").write_text('{"schema": "modelport.out"}')  # the marker modelport writes (--overwrite)
     bad = Recipe.of("bad", [("prune", {"sparsity": 0.5}), ("low-rank", {"rank": 100000})])
     with pytest.raises(InputError, match=r"step 2 of 2 \(low-rank\)"):
         convert(mnist_ckpt, arch="simple-mnist", out=out, profiles="legacy-cpu", recipe=bad, overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["manifest.json"]
-    assert (out / "manifest.json").read_text() == '{"earlier": true}'
+    assert sorted(p.name for p in out.iterdir()) == [".modelport-out", "manifest.json"]
+    assert (out / "manifest.json").read_text() == earlier
     assert [p.name for p in tmp_path.iterdir()] == ["earlier"]  # no staging folder left behind
     fresh = tmp_path / "fresh"
     with pytest.raises(InputError):
