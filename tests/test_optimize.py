@@ -202,7 +202,7 @@ def test_result_files_and_the_winner_folder(checkpoint: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_early_rejection_before_timing(checkpoint: Path, tmp_path: Path, shared_cache: Path) -> None:
+def test_early_rejection_before_timing_and_failures_say_why(checkpoint: Path, tmp_path: Path, shared_cache: Path) -> None:
     """A candidate already over budget on the validation subset is never timed; one the front beats (objective
     size: the same FP32 model again) is dropped after the screen, before the full measurement."""
     space = _space(tmp_path, """
@@ -213,8 +213,15 @@ step = [{ method = "prune", sparsity = 0.98 }]
 [[candidate]]
 name = "fp32-again"
 precisions = ["fp32"]
+[[candidate]]
+name = "ort-accuracy"
+runtimes = ["onnxruntime"]
+precisions = ["int8"]
+step = [{ method = "quantize-accuracy", max_drop = "{max_drop}" }]
 """)
     result = _run(checkpoint, tmp_path / "out", space, shared_cache, objective="size", max_drop=0.5)
+    failed = _trial(result, "ort-accuracy")  # accuracy control is OpenVINO-only: a failed trial that says so
+    assert failed.fate == "failed" and "OpenVINO" in failed.reason, failed.reason
     pruned = _trial(result, "prune-98")
     assert pruned.fate == REJECTED and "validation subset" in pruned.reason
     assert pruned.subset_drop_pts is not None and pruned.subset_drop_pts > 1.0

@@ -98,6 +98,8 @@ class Cache:
             return None
         if not isinstance(entry, dict) or entry.get("cache_version") != CACHE_VERSION or entry.get("key") != key:
             return None
+        if entry.get("error"):  # a recipe this model cannot take: remembered, not tried again
+            return entry
         if not (self.convert_dir(key) / "manifest.json").is_file():
             return None
         return entry

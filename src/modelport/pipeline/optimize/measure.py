@@ -49,7 +49,9 @@ def eval_set(baseline: Manifest, *, limit: int | None, dataset_root: Any = None,
         desc["root"] = str(dataset_root)
     name = (baseline.model.get("input_names") or ["input"])[0]
     feeds = load_described(desc).eval_feeds(batch_size=64, limit=limit, input_name=name)
-    ref = next(a for a in baseline.artifacts if a.details.get("reference") or a.format is Format.ONNX)
+    refs = [a for a in baseline.artifacts if a.details.get("reference")]
+    refs += [a for a in baseline.artifacts if a.profile is None and a.format is Format.ONNX]
+    ref = refs[0]
     runtime = "torch" if ref.format is Format.PYTORCH else "onnxruntime"
     with get_runtime(runtime).load(ref, device="CPU", threads=threads) as session:
         reference = run_feeds(session, feeds)
