@@ -128,7 +128,6 @@ def captured(path: str | Path | None = None) -> Iterator[Captured]:
     root.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings(), _rich_global_console(stream), _terminal_handlers_to(handlers[0]):
-            warnings.simplefilter("default")
             warnings.showwarning = _warning_router(warnings.showwarning)
             yield result
     finally:
