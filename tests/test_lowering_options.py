@@ -110,3 +110,17 @@ def test_attention_is_found_in_a_transformer_and_not_in_a_softmax_classifier(tmp
     assert has_attention(enc.path) and not has_attention(clf.path)
     opts = resolve_options(_plan(), get_profile("intel-cpu"), keys=OV, has_attention=True, cpu=VNNI)
     assert opts.model_type == "transformer" and "attention" in opts.sources["model_type"]
+
+
+def test_next_steps_offer_only_what_the_runtime_can_do() -> None:
+    from modelport.backends.lowering import int8_next_steps
+
+    ort = int8_next_steps(runtime="onnxruntime", mode="static", layers=["node_fc"], calibration_samples=64,
+                          labelled=False)
+    assert "ignored_scope = {patterns = ['node_fc(/.*)?']}" in ort[0] and "--calibration-size 300" in ort[1]
+    assert "OpenVINO profile" in ort[2] and "--int8-mode weight-only" in ort[3]
+    spread = int8_next_steps(runtime="openvino", mode="static", layers=[], calibration_samples=400, labelled=True,
+                             spread=True)
+    assert spread[0].startswith("weight-only INT8") and not any("ignored_scope" in s for s in spread)
+    trt = int8_next_steps(runtime="tensorrt", mode="static", layers=[], calibration_samples=400, labelled=True)
+    assert not any("weight-only" in s for s in trt)

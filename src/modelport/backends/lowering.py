@@ -399,6 +399,7 @@ def resolve_options(
 # ------------------------------------------------------------------------------------ when INT8 fails
 
 ENOUGH_CALIBRATION = 300  # samples; NNCF's default subset size
+WEIGHT_ONLY_RUNTIMES = ("onnxruntime", "openvino")  # the converters that implement mode = "weight-only"
 
 
 def scope_patterns(layers: list[str]) -> list[str]:
@@ -439,11 +440,12 @@ def int8_next_steps(
             )
         else:
             steps.append('accuracy-controlled INT8 ("quantize-accuracy") on an OpenVINO profile such as intel-cpu')
-        weight_only = (
-            "weight-only INT8: convert --int8-mode weight-only (INT8 weights, floating-point activations, no "
-            "calibration; suits transformer encoders)"
-        )
-        steps.insert(0, weight_only) if spread else steps.append(weight_only)
+        if runtime in WEIGHT_ONLY_RUNTIMES:
+            weight_only = (
+                "weight-only INT8: convert --int8-mode weight-only (INT8 weights, floating-point activations, no "
+                "calibration; suits transformer encoders)"
+            )
+            steps.insert(0, weight_only) if spread else steps.append(weight_only)
     else:
         steps.append("this INT8 already quantizes weights only: use fp32 here" + (
             ", or fp16" if runtime == "openvino" else "") + ", or exclude layers with ignored_scope")
