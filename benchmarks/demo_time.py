@@ -6,6 +6,8 @@ Each run starts ``python -m modelport demo`` in a fresh process (imports include
 ``--out`` folder, and timestamps its stdout lines: the first table (the convert summary), the benchmark table and
 the end. The load average is read before and after every run, because on a shared machine the figure measures the
 neighbours as much as modelport: a figure is only comparable with one taken at a similar load on the same CPU.
+The demo's CPU time (user + system, children included) is recorded too: the quick demo runs one thread, so on
+idle cores its wall time is close to its CPU time, whatever the load was when it was measured.
 ``--taskset 0,1`` pins the demo to those cores (``taskset``), to imitate a 2-core machine on a bigger one.
 ``--nice -20`` (root only) runs it ahead of the other jobs of a shared machine, the nearest thing to idle cores
 there is without stopping them: the CPU's time goes to the demo first, its caches and memory bandwidth are still
@@ -21,6 +23,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,6 +80,7 @@ def one_run(full: bool, taskset: str | None, nice: int | None = None) -> dict[st
             cmd = ["nice", "-n", str(nice), *cmd]
         env = {**os.environ, "COLUMNS": "120"}
         load_before = os.getloadavg()
+        cpu_before = _children_cpu()
         start = time.perf_counter()
         marks: dict[str, float] = {}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -90,15 +94,22 @@ def one_run(full: bool, taskset: str | None, nice: int | None = None) -> dict[st
         stderr = proc.stderr.read() if proc.stderr else ""
         code = proc.wait()
         total = time.perf_counter() - start
+        cpu = _children_cpu() - cpu_before
     return {
         "exit_code": code,
         "first_table_s": _r(marks.get("first_table_s")),
         "bench_table_s": _r(marks.get("bench_table_s")),
         "total_s": _r(total),
+        "cpu_s": _r(cpu),  # user + system seconds of the demo and its children: what it costs on idle cores
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "stderr_tail": stderr[-400:] if code else "",
     }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _r(x: float | None) -> float | None:
@@ -118,12 +129,12 @@ def main() -> None:
         run = one_run(args.full, args.taskset, args.nice)
         runs.append(run)
         print(f"run {i + 1}/{args.runs}: first table {run['first_table_s']} s, bench table {run['bench_table_s']} s, "
-              f"total {run['total_s']} s (exit {run['exit_code']}), load before {run['load_before'][0]}, "
+              f"total {run['total_s']} s, CPU {run['cpu_s']} s (exit {run['exit_code']}), load before {run['load_before'][0]}, "
               f"after {run['load_after'][0]}", flush=True)
     ok = [r for r in runs if r["exit_code"] == 0]
     summary = {
         key: _r(statistics.median(r[key] for r in ok)) if ok and all(r[key] is not None for r in ok) else None
-        for key in ("first_table_s", "bench_table_s", "total_s")
+        for key in ("first_table_s", "bench_table_s", "total_s", "cpu_s")
     }
     record = {
         "benchmark": "demo_time",
