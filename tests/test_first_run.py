@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_captured, run_cli, run_ok
 from rich.console import Console
 
-from cli_helpers import run_captured, run_cli, run_ok
 from modelport.backends import profile_runnable
 from modelport.core.manifest import Manifest
 from modelport.core.profiles import choose_profiles, get_profile, load_profiles
@@ -164,7 +164,7 @@ def test_archive_has_one_top_folder_and_its_run_py_works_after_extracting(
         names = tar.getnames()
         assert names and all(n.startswith("cpu/") for n in names)
         tar.extractall(tmp_path / "x", filter="data")
-    proc = subprocess.run([sys.executable, str(tmp_path / "x" / "cpu" / "run.py")], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(tmp_path / "x" / "cpu" / "run.py")], capture_output=True, text=True, check=False,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     code, text = run_cli(["verify", str(archive)], capsys)
