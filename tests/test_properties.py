@@ -253,3 +253,72 @@ def test_recipe_from_random_tables(doc: object) -> None:
     _only_modelport_errors(recipe.Recipe.from_dict, doc)
     _only_modelport_errors(recipe.Recipe.from_dict, {"name": "r", "step": doc})
     _only_modelport_errors(recipe.Recipe.from_dict, {"name": "r", "step": [doc]})
+
+
+@SETTINGS
+@given(method=st.sampled_from(["cluster", "distill", "prune", "qat", "low-rank"]),
+       key=st.sampled_from(["lr", "epochs", "finetune_epochs", "sparsity", "rank", "batch_size"]), value=json_scalars)
+def test_recipe_step_values_at_the_edges(method: str, key: str, value: object) -> None:
+    """1e308, inf, nan, 2**70 in any step parameter: a modelport error at parse time (issue 15: lr=1e308)."""
+    recipe = pytest.importorskip("modelport.compression.recipe")
+    _only_modelport_errors(recipe.Recipe.from_dict, {"name": "r", "step": [{"method": method, key: value}]})
+
+
+# ------------------------------------------------------------------------------------------------ samples.npz
+
+
+npy_shapes = st.lists(st.integers(min_value=0, max_value=2**40), max_size=4).map(tuple)
+
+
+def _npz(members: list[tuple[str, bytes]]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy_header(shape: tuple, descr: str) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@SETTINGS
+@given(shape=npy_shapes, descr=st.sampled_from(["<f4", "<f8", "|u1", "<i8", "|O", "<c16"]),
+       payload=st.binary(max_size=64), name=st.sampled_from(["input:input.npy", "reference.npy", "x", "../a.npy"]),
+       raw=st.binary(max_size=200), mode=st.sampled_from(["header", "raw-member", "raw-file"]))
+def test_samples_npz_of_any_shape_or_bytes(tmp_path: Path, shape: tuple, descr: str, payload: bytes, name: str,
+                                           raw: bytes, mode: str) -> None:
+    """Any declared shape or dtype, any bytes: ``load_samples`` refuses with a modelport error or loads a file whose
+    arrays fit the cap; it never inflates past it (issue 15: a 4 MB npz reached 19.6 GB)."""
+    from modelport.core.npz import declared_arrays
+    from modelport.data.samples import load_samples
+
+    path = tmp_path / "samples.npz"
+    data = {"header": lambda: _npz([(name, _npy_header(shape, descr) + payload)]),
+            "raw-member": lambda: _npz([(name, raw)]), "raw-file": lambda: raw}[mode]()
+    path.write_bytes(data)
+    try:
+        load_samples(path, batch_size=4, max_bytes=1 << 20)
+    except ModelportError:
+        return
+    assert sum(a.nbytes for a in declared_arrays(path)) <= 1 << 20
+
+
+@SETTINGS
+@given(value=st.text(max_size=12))
+def test_limit_overrides_of_any_text(value: str) -> None:
+    from modelport.core.limits import limit
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MODELPORT_MAX_NODES", value) if "\x00" not in value else None
+        try:
+            got = limit("max_nodes")
+        except ModelportError:
+            return
+    assert got is None or (isinstance(got, int) and got >= 1)

@@ -54,8 +54,12 @@ def load_samples(path: Path, *, batch_size: int, max_bytes: int | None = None) -
     inputs = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("input:")}
     if not inputs:
         raise ManifestError(f"{path} holds no inputs.", fix="convert again to regenerate it.")
-    n = len(next(iter(inputs.values())))
+    n = len(next(iter(inputs.values()))) if next(iter(inputs.values())).ndim else -1
     labels = arrays.get("labels")
+    odd = [k for k, v in arrays.items() if k.startswith("input:") and (v.ndim == 0 or len(v) != n)]
+    if odd or (labels is not None and (labels.ndim != 1 or len(labels) != n)):
+        raise ManifestError(f"{path}: the inputs and labels do not hold the same number of samples "
+                            f"({', '.join(odd) or 'labels'} differ).", fix="convert again to regenerate it.")
     batches = tuple({k: v[i : i + batch_size] for k, v in inputs.items()} for i in range(0, n, batch_size))
     labs = None if labels is None else tuple(labels[i : i + batch_size] for i in range(0, n, batch_size))
     return Feeds(batches=batches, labels=labs), arrays.get("reference")
