@@ -226,6 +226,7 @@ class Search:
             t.seconds += time.perf_counter() - started
             if entry.get("error"):
                 t.set_fate(FAILED, str(entry["error"]))
+                self.finished(t)
             else:
                 t.folder = str(self.cache.convert_dir(key))
         return trials
