@@ -123,3 +123,26 @@ def test_held_out_split_when_calibration_and_validation_are_one_set() -> None:
     assert not stuck.record["held_out"] and "give separate validation data" in stuck.record["split"]
     apart = held_out(Feeds.from_array(x[:32], input_name="x"), Feeds.from_array(x[32:], input_name="x"), [])
     assert apart.record["held_out"] and apart.calibration.num_samples == 32
+
+
+def test_cli_prints_the_failure_its_sensitive_layers_and_next_steps(tmp_path: Path, capsys) -> None:
+    """``modelport convert`` on the user's ONNX: a failed INT8 row is followed by what to do, for static and
+    weight-only INT8 alike."""
+    from cli_helpers import run_cli
+
+    from modelport.export.onnx import export_onnx
+
+    onnx_path = export_onnx(Outlier().eval(), {"x": torch.zeros(2, 16)}, tmp_path / "m" / "model.onnx").path
+    np.save(tmp_path / "cal.npy", _data(64, 1))
+    np.save(tmp_path / "val.npy", _data(32, 2))
+    common = [str(onnx_path), "--profiles", "legacy-cpu", "--precisions", "int8", "--calibration-data",
+              str(tmp_path / "cal.npy"), "--validation-data", str(tmp_path / "val.npy")]
+    code, text = run_cli(["convert", *common, "--out", str(tmp_path / "static")], capsys)
+    assert code == 1 and "most sensitive layers:" in text and "closes" in text, text
+    assert "1. keep the most sensitive layers in floating point" in text and "--int8-mode weight-only" in text
+    # weight-only does not rescue this model (fc2's per-channel weight scale crushes the ÷1000 column, and ONNX
+    # Runtime's quantize_dynamic also quantizes the activations per batch); each row's next step says what is left
+    both = [*common, "--profiles", "legacy-cpu,intel-cpu"]
+    code, text = run_cli(["convert", *both, "--int8-mode", "weight-only", "--out", str(tmp_path / "wo")], capsys)
+    assert code == 1 and "still quantizes activations, per batch" in text, text
+    assert "this INT8 already quantizes weights only: use fp32 here, or fp16" in text

@@ -446,6 +446,12 @@ def int8_next_steps(
                 "calibration; suits transformer encoders)"
             )
             steps.insert(0, weight_only) if spread else steps.append(weight_only)
+    elif runtime == "onnxruntime":
+        steps.append(
+            "ONNX Runtime's weight-only/dynamic INT8 (quantize_dynamic) still quantizes activations, per batch at run "
+            "time: keep the layers with outlier activations in floating point (ignored_scope), use fp32 here, or an "
+            "OpenVINO profile, whose weight-only INT8 leaves activations in floating point"
+        )
     else:
         steps.append("this INT8 already quantizes weights only: use fp32 here" + (
             ", or fp16" if runtime == "openvino" else "") + ", or exclude layers with ignored_scope")
