@@ -146,3 +146,25 @@ def test_cli_prints_the_failure_its_sensitive_layers_and_next_steps(tmp_path: Pa
     code, text = run_cli(["convert", *both, "--int8-mode", "weight-only", "--out", str(tmp_path / "wo")], capsys)
     assert code == 1 and "still quantizes activations, per batch" in text, text
     assert "this INT8 already quantizes weights only: use fp32 here, or fp16" in text
+
+
+@pytest.mark.parametrize("profile", ["legacy-cpu", "intel-cpu"])
+def test_a_large_model_bypasses_only_its_noisiest_quantizers_and_still_finds_the_culprit(converted, profile,
+                                                                                        monkeypatch) -> None:
+    """Past MAX_CANDIDATES quantizers, one run ranks them by the noise they add and only the noisiest are bypassed
+    one by one (a convnext has hundreds); the planted one is the noisiest, so one bypass must find it."""
+    from modelport.backends import get_converter
+    from modelport.backends.onnxruntime import sensitivity as ort_sensitivity
+    from modelport.backends.openvino import sensitivity as ov_sensitivity
+    from modelport.core.profiles import get_profile
+
+    monkeypatch.setattr(ort_sensitivity, "MAX_CANDIDATES", 1)
+    monkeypatch.setattr(ov_sensitivity, "MAX_CANDIDATES", 1)
+    source = next(a for a in converted.artifacts if a.profile is None and str(a.format) == "onnx")
+    art = _int8(converted, profile)
+    cal = Feeds(batches=tuple({"x": _data(64, 1)[i : i + 8]} for i in range(0, 64, 8)))
+    probe = Feeds(batches=({"x": _data(16, 2)},))
+    report = get_converter(get_profile(profile).runtime).int8_sensitivity(
+        source, art, get_profile(profile), calibration=cal, probe=probe)
+    assert report["layers_tried"] == 1 and len(report["layers"]) == 1
+    assert report["layers"][0]["recovered"] > 0.25, report

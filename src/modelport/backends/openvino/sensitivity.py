@@ -17,7 +17,7 @@ import numpy as np
 from modelport.data.feeds import Feeds
 
 WEIGHTED = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
-MAX_CANDIDATES = 120  # bypasses tried (quantizers feeding weighted layers first); each is one compile
+MAX_CANDIDATES = 48  # bypasses tried one by one (the noisiest quantizers, if more); each is one compile
 
 
 def int8_sensitivity(ir: Path, fp32_onnx: Path, probe: Feeds, *, top: int = 5) -> dict[str, Any]:
@@ -29,11 +29,10 @@ def int8_sensitivity(ir: Path, fp32_onnx: Path, probe: Feeds, *, top: int = 5) -
     reference = _outputs(core.compile_model(ov.convert_model(str(fp32_onnx)), "CPU", f32), probe)
     model = core.read_model(str(ir))
     base = _cosine(reference, _outputs(core.compile_model(model, "CPU", f32), probe))
-    quantizers = sorted(
-        (op.get_friendly_name() for op in model.get_ordered_ops()
-         if op.get_type_name() == "FakeQuantize" and not _is_constant(op.input_value(0).get_node())),
-        key=lambda name: not _feeds_weighted(model, name),
-    )
+    quantizers = [op.get_friendly_name() for op in model.get_ordered_ops()
+                  if op.get_type_name() == "FakeQuantize" and not _is_constant(op.input_value(0).get_node())]
+    if len(quantizers) > MAX_CANDIDATES:
+        quantizers = _noisiest_first(core, model, quantizers, probe)
     layers = []
     for name in quantizers[:MAX_CANDIDATES]:
         variant = model.clone()
@@ -59,6 +58,30 @@ def int8_sensitivity(ir: Path, fp32_onnx: Path, probe: Feeds, *, top: int = 5) -
     }
 
 
+def _noisiest_first(core: Any, model: Any, names: list[str], probe: Feeds) -> list[str]:
+    """Quantizers ordered by the noise they add (SQNR of output against input, lowest first), in one run of a copy
+    with both ports of each exposed: which ones are worth bypassing one by one."""
+    copy = model.clone()
+    ops = {op.get_friendly_name(): op for op in copy.get_ops()}
+    ports = []
+    for name in names:
+        ports += [ops[name].input_value(0), ops[name].output(0)]
+    added = copy.add_outputs(ports)
+    compiled = core.compile_model(copy, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outs = compiled.outputs[len(compiled.outputs) - len(added):]
+    signal = np.zeros(len(names))
+    noise = np.zeros(len(names))
+    for feed in probe:
+        values = compiled(feed)
+        for i in range(len(names)):
+            a = np.asarray(values[outs[2 * i]], np.float64)
+            b = np.asarray(values[outs[2 * i + 1]], np.float64)
+            signal[i] += float(np.sum(a * a))
+            noise[i] += float(np.sum((a - b) ** 2))
+    sqnr = [signal[i] / noise[i] if noise[i] > 0 else np.inf for i in range(len(names))]
+    return [names[i] for i in np.argsort(sqnr, kind="stable")]
+
+
 def _outputs(compiled: Any, probe: Feeds) -> np.ndarray:
     out = compiled.outputs[0]
     return np.concatenate([np.asarray(compiled(feed)[out], dtype=np.float64).ravel() for feed in probe])
@@ -82,11 +105,6 @@ def _is_constant(node: Any, depth: int = 0) -> bool:
     if depth < 4 and kind in {"Convert", "Subtract", "Multiply", "Reshape", "Transpose"}:
         return all(_is_constant(node.input_value(i).get_node(), depth + 1) for i in range(node.get_input_size()))
     return False
-
-
-def _feeds_weighted(model: Any, name: str) -> bool:
-    fq = next(op for op in model.get_ops() if op.get_friendly_name() == name)
-    return any(t.get_node().get_type_name() in WEIGHTED for t in fq.output(0).get_target_inputs())
 
 
 def _readers(fq: Any) -> list[str]:
