@@ -501,6 +501,8 @@ def test_a_file_size_limit_during_pack_is_a_disk_full_paragraph(converted: Path,
     assert proc.returncode == 2, proc.stderr
     _one_paragraph(proc.stderr)
     assert "File too large" in proc.stderr and "free disk space" in proc.stderr
+    written = re.search(r"Could not write (?:the bundle )?into (\S+?):", proc.stderr.replace("\n", ""))
+    assert written and Path(written.group(1)).is_relative_to(tmp_path), proc.stderr  # what was written, not the source
     assert list(tmp_path.iterdir()) == []
 
 

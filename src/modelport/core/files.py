@@ -132,7 +132,8 @@ def write_errors(where: Path, what: str = "write", *, permissions: bool = True) 
         raise
     except Exception as exc:  # classified below; re-raised unchanged when it is something else
         why = no_room_reason(exc)
-        name = getattr(exc, "filename", None) or where
+        # a copy's error names the source first and the file being written second (filename2)
+        name = getattr(exc, "filename2", None) or getattr(exc, "filename", None) or where
         if why is not None:
             raise DiskFullError(
                 f"Could not {what} {name}: {why}. Nothing already in place was replaced or removed.",
