@@ -161,7 +161,8 @@ def render_optimize(result: OptimizeResult, console: Console) -> None:
             console.print(f"  [dim]vs eager PyTorch FP32: {escape(_versus_eager(o.eager))}[/dim]")
     fates = ", ".join(f"{n} {f}" for f, n in sorted(result.fates().items()))
     console.print(f"{len(result.trials)} trials ({fates}); cache {result.cache['hits']} hits, "
-                  f"{result.cache['conversions']} new conversions; {result.seconds:.0f} s")
+                  f"{result.cache['conversions']} new conversions ({escape(str(result.cache['dir']))}); "
+                  f"{result.seconds:.0f} s")
 
 
 class LiveProgress:
