@@ -274,10 +274,12 @@ def test_qat_exports_qdq_and_lowers_at_int8_without_requantizing(trained, digits
     from modelport.training import evaluate_torch
 
     fp32_accuracy = evaluate_torch(trained, digits)
-    step = get_step("qat", {"epochs": 1, "calibration_samples": 128})
+    # overflow_fix = "enable": 7-bit weights everywhere, so legacy-cpu (a CPU without VNNI) can take every layer
+    step = get_step("qat", {"epochs": 1, "calibration_samples": 128, "overflow_fix": "enable"})
     with _one_thread():
         outcome = step.apply(copy.deepcopy(trained), CompressionData(dataset=digits, max_seconds=60))
     assert outcome.report["quantizers"] >= 4 and outcome.report["precisions"] == ["int8"]
+    assert outcome.report["overflow_fix"] == "enable"
     art = export_onnx(outcome.model, {"input": torch.zeros(2, 1, 28, 28)}, tmp_path / "onnx" / "model.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(onnx.load(str(art.path))))
     feeds = digits.eval_feeds(batch_size=90)
@@ -290,6 +292,7 @@ def test_qat_exports_qdq_and_lowers_at_int8_without_requantizing(trained, digits
     assert ir.details["fp32_operations"] == []  # every conv/matmul runs INT8
     # NNCF quantizes fc's input before Flatten: ONNX Runtime gets a lossless Q/DQ pair in front of fc
     assert len(onx.details["qdq_completed"]) == 1 and onx.details["quantized_ops"]["QLinearConv"] == 2
+    assert "int8_warning" not in onx.details and "qdq_not_completed" not in onx.details
     fp32_weight_bytes = 4 * sum(p.numel() for p in trained.parameters())
     assert (ir.path.parent / "model.bin").stat().st_size < 0.4 * fp32_weight_bytes  # INT8 weights in the IR
     assert _accuracy_ov(ir.path, feeds) >= fp32_accuracy - 0.02

@@ -65,3 +65,14 @@ def test_the_load_timeout_is_raised_before_nncf_torch_is_used(monkeypatch: pytes
     from nncf.torch.extensions import EXTENSION_LOAD_TIMEOUT_ENV_VAR
 
     assert EXTENSION_LOAD_TIMEOUT_ENV_VAR == EXTENSION_TIMEOUT_ENV  # the name NNCF really reads
+
+
+def test_qat_overflow_fix_follows_the_cpu_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelport.compression.quantization import _qat_overflow_fix
+    from modelport.core.cpu import CPU_FLAGS_ENV
+
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2,fma")
+    assert _qat_overflow_fix(None)[0] == "enable"  # 7-bit weights: no u8s8 saturation without VNNI
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2,avx512_vnni")
+    assert _qat_overflow_fix(None)[0] == "first_layer_only"
+    assert _qat_overflow_fix("disable") == ("disable", "asked for")

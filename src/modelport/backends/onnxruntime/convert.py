@@ -349,6 +349,40 @@ def _quantise_dynamic(prepared: Path, dest: Path, opts: LoweringOptions, exclude
         )
 
 
+def _constant(name: str, inits: dict[str, Any], producers: dict[str, Any], numpy_helper: Any) -> Any:
+    """The value of an initializer or Constant node output, else None."""
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+    return None
+
+
+def _quantized_weight(name: str, inits: dict[str, Any], producers: dict[str, Any], numpy_helper: Any) -> Any:
+    """The integer weight a DequantizeLinear reads: a constant, or (NNCF's QAT export) a QuantizeLinear of a float
+    constant, computed here as ONNX defines it (round half to even, saturate to the type's range)."""
+    import numpy as np
+
+    value = _constant(name, inits, producers, numpy_helper)
+    if value is not None:
+        return value
+    q = producers.get(name)
+    if q is None or q.op_type != "QuantizeLinear" or len(q.input) < 3:
+        return None
+    w, scale, zero = (_constant(i, inits, producers, numpy_helper) for i in q.input[:3])
+    if w is None or scale is None or zero is None or zero.dtype not in (np.int8, np.uint8):
+        return None
+    axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and w.ndim > 1:
+        shape = [1] * w.ndim
+        shape[axis % w.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    info = np.iinfo(zero.dtype)
+    return np.clip(np.rint(w / scale) + zero.astype(np.int32), info.min, info.max).astype(zero.dtype)
+
+
 def _wide_weights_warning(layers: list[str]) -> str:
     return (
         f"{len(layers)} layer(s) have 8-bit weights ({', '.join(layers[:4])}{'…' if len(layers) > 4 else ''}): on "
@@ -449,16 +483,9 @@ def _weight_magnitude(dq: Any, inits: dict[str, Any], producers: dict[str, Any],
     not saturate); None when the weight is not a readable initializer."""
     import numpy as np
 
-    name = dq.input[0]
-    tensor = inits.get(name)
-    if tensor is None:
-        const = producers.get(name)
-        if const is None or const.op_type != "Constant":
-            return None
-        tensor = next((a.t for a in const.attribute if a.name == "value"), None)
-        if tensor is None:
-            return None
-    w = numpy_helper.to_array(tensor)
+    w = _quantized_weight(dq.input[0], inits, producers, numpy_helper)
+    if w is None:
+        return None
     if w.dtype == np.uint8:
         return 0
     if w.dtype != np.int8 or w.size == 0:
