@@ -97,3 +97,13 @@ def test_no_circles_between_top_level_packages() -> None:
     for start in sorted(graph):
         visit(start, [start])
     assert not cycles, "import circles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_no_function_in_the_pipeline_runs_over_80_lines() -> None:
+    """The pipeline reads as steps: a function over 80 lines (signature and docstring included) hides one."""
+    long = []
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, "split these:\n" + "\n".join(sorted(long))

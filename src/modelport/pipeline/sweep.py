@@ -202,62 +202,18 @@ class Matrix:
     @classmethod
     def from_dict(cls, data: Any, *, base_dir: Path | None = None, source: str = "<matrix>") -> "Matrix":
         """Check everything: keys, models, profiles, precisions, and every variant's recipe for every model."""
-        from modelport.core.profiles import parse_precision_list, parse_profile_list
-        from modelport.models import get_spec
+        from modelport.core.profiles import parse_profile_list
 
         if not isinstance(data, Mapping):
             raise InputError(f"Sweep matrix {source} must be a table.", fix="see the modelport.pipeline.sweep docs.")
         _no_unknown(data, _TOP_KEYS, f"Sweep matrix {source}")
         name = _str(data, "name", source, required=True)
-        models_raw = data.get("models")
-        if not isinstance(models_raw, list) or not models_raw:
-            raise InputError(f"Sweep matrix {source} needs models = [\"simple-mnist\", …].", fix="list at least one model.")
-        models = []
-        for m in models_raw:
-            if isinstance(m, str):
-                m = {"arch": m}
-            if not isinstance(m, Mapping) or not isinstance(m.get("arch"), str):
-                raise InputError(f"Sweep matrix {source}: model entry {m!r} needs an arch.", fix='write "simple-mnist" or {arch = "…"}.')
-            _no_unknown(m, frozenset({"arch", "checkpoint", "epochs"}), f"model '{m['arch']}'")
-            get_spec(m["arch"])
-            ckpt = m.get("checkpoint")
-            if ckpt is not None:
-                ckpt = Path(str(ckpt))
-                if not ckpt.is_absolute() and base_dir is not None:
-                    ckpt = base_dir / ckpt
-            models.append(ModelEntry(m["arch"], ckpt, _pos_int(m, "epochs", f"model '{m['arch']}'")))
-        if len({m.arch for m in models}) != len(models):
-            raise InputError(f"Sweep matrix {source} lists a model twice.", fix="list each architecture once.")
+        models = _parse_models(data, source, base_dir)
         profiles_raw = data.get("profiles", ["legacy-cpu", "intel-cpu"])
         if isinstance(profiles_raw, list) and not all(isinstance(p, str) for p in profiles_raw):
             raise InputError(f"Sweep matrix {source}: profiles must be names.", fix='write profiles = ["legacy-cpu"].')
         profiles = tuple(p.name for p in parse_profile_list(profiles_raw if isinstance(profiles_raw, (str, list)) else str(profiles_raw)))
-        variants_raw = data.get("variant", [])
-        if not isinstance(variants_raw, list):
-            raise InputError(f"Sweep matrix {source}: 'variant' must be [[variant]] tables.", fix="use double brackets.")
-        variants = []
-        for i, v in enumerate(variants_raw, 1):
-            if not isinstance(v, Mapping):
-                raise InputError(f"Sweep matrix {source}: variant {i} is not a table.", fix="write [[variant]] tables.")
-            vname = _str(v, "name", f"variant {i}", required=True)
-            _no_unknown(v, _VARIANT_KEYS, f"variant '{vname}'")
-            if "/" in vname or vname.startswith(".") or vname in {"checkpoints"}:
-                raise InputError(f"Variant name '{vname}' cannot be a folder name here.", fix="use letters, digits and '-'.")
-            precisions = v.get("precisions")
-            if precisions is not None:
-                if not isinstance(precisions, (list, str)) or isinstance(precisions, list) and not all(isinstance(p, str) for p in precisions):
-                    raise InputError(f"Variant '{vname}': precisions must be a list of names.", fix='e.g. ["fp32"].')
-                precisions = tuple(str(p) for p in (parse_precision_list(precisions) or []))
-            steps, recipe_file = _variant_steps(v, vname, base_dir)
-            variants.append(Variant(vname, steps, precisions, _str(v, "description", vname), recipe_file))
-        if len({v.name for v in variants}) != len(variants):
-            raise InputError(f"Sweep matrix {source} names a variant twice.", fix="give each variant its own name.")
-        if BASELINE not in {v.name for v in variants}:
-            variants.insert(0, Variant(BASELINE, (), ("fp32",), "uncompressed FP32 (added: every variant is compared with it)"))
-        base = next(v for v in variants if v.name == BASELINE)
-        if base.steps:
-            raise InputError("The 'baseline' variant must have no steps: every variant is compared with it.",
-                             fix="rename the variant, or remove its steps.")
+        variants = _parse_variants(data, source, base_dir)
         bench = data.get("bench", {})
         if not isinstance(bench, Mapping):
             raise InputError(f"Sweep matrix {source}: [bench] must be a table.", fix="write [bench] with batch_sizes = [1].")
@@ -287,6 +243,65 @@ class Matrix:
             for v in matrix.variants:
                 v.recipe_for(m.arch)
         return matrix
+
+
+def _parse_models(data: Mapping[str, Any], source: str, base_dir: Path | None) -> list[ModelEntry]:
+    """``models = ["simple-mnist", {arch = "…", checkpoint = "…", epochs = N}]``, each checked."""
+    from modelport.models import get_spec
+
+    models_raw = data.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise InputError(f"Sweep matrix {source} needs models = [\"simple-mnist\", …].", fix="list at least one model.")
+    models = []
+    for m in models_raw:
+        if isinstance(m, str):
+            m = {"arch": m}
+        if not isinstance(m, Mapping) or not isinstance(m.get("arch"), str):
+            raise InputError(f"Sweep matrix {source}: model entry {m!r} needs an arch.", fix='write "simple-mnist" or {arch = "…"}.')
+        _no_unknown(m, frozenset({"arch", "checkpoint", "epochs"}), f"model '{m['arch']}'")
+        get_spec(m["arch"])
+        ckpt = m.get("checkpoint")
+        if ckpt is not None:
+            ckpt = Path(str(ckpt))
+            if not ckpt.is_absolute() and base_dir is not None:
+                ckpt = base_dir / ckpt
+        models.append(ModelEntry(m["arch"], ckpt, _pos_int(m, "epochs", f"model '{m['arch']}'")))
+    if len({m.arch for m in models}) != len(models):
+        raise InputError(f"Sweep matrix {source} lists a model twice.", fix="list each architecture once.")
+    return models
+
+
+def _parse_variants(data: Mapping[str, Any], source: str, base_dir: Path | None) -> list[Variant]:
+    """``[[variant]]`` tables, each with a unique folder-safe name, precisions and recipe steps; the baseline first."""
+    from modelport.core.profiles import parse_precision_list
+
+    variants_raw = data.get("variant", [])
+    if not isinstance(variants_raw, list):
+        raise InputError(f"Sweep matrix {source}: 'variant' must be [[variant]] tables.", fix="use double brackets.")
+    variants = []
+    for i, v in enumerate(variants_raw, 1):
+        if not isinstance(v, Mapping):
+            raise InputError(f"Sweep matrix {source}: variant {i} is not a table.", fix="write [[variant]] tables.")
+        vname = _str(v, "name", f"variant {i}", required=True)
+        _no_unknown(v, _VARIANT_KEYS, f"variant '{vname}'")
+        if "/" in vname or vname.startswith(".") or vname in {"checkpoints"}:
+            raise InputError(f"Variant name '{vname}' cannot be a folder name here.", fix="use letters, digits and '-'.")
+        precisions = v.get("precisions")
+        if precisions is not None:
+            if not isinstance(precisions, (list, str)) or isinstance(precisions, list) and not all(isinstance(p, str) for p in precisions):
+                raise InputError(f"Variant '{vname}': precisions must be a list of names.", fix='e.g. ["fp32"].')
+            precisions = tuple(str(p) for p in (parse_precision_list(precisions) or []))
+        steps, recipe_file = _variant_steps(v, vname, base_dir)
+        variants.append(Variant(vname, steps, precisions, _str(v, "description", vname), recipe_file))
+    if len({v.name for v in variants}) != len(variants):
+        raise InputError(f"Sweep matrix {source} names a variant twice.", fix="give each variant its own name.")
+    if BASELINE not in {v.name for v in variants}:
+        variants.insert(0, Variant(BASELINE, (), ("fp32",), "uncompressed FP32 (added: every variant is compared with it)"))
+    base = next(v for v in variants if v.name == BASELINE)
+    if base.steps:
+        raise InputError("The 'baseline' variant must have no steps: every variant is compared with it.",
+                         fix="rename the variant, or remove its steps.")
+    return variants
 
 
 def _recipe_precisions(v: Variant) -> tuple[str, ...] | None:
