@@ -189,6 +189,8 @@ def run_isolated(
             proc.wait()
             raise
         reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()  # the relay has read what it will: release the pipe (no ResourceWarning)
         isolation["exit_code"] = code
         isolation["seconds"] = round(time.perf_counter() - started, 3)
         row_path = folder / ROW_FILE
