@@ -481,7 +481,7 @@ def bench_cmd(
                         trust=trust, trusted_keys=trusted_key or (),
                         eval_data=None if eval_data is None else load_data_file(eval_data))
     for warning in (results.source.get("trust") or {}).get("warnings") or []:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/yellow] {safe_text(warning)}", soft_wrap=True)
     render_table(results, console)
     _print_left_out(results.source.get("profiles_left_out") or {}, "benchmarked")
     if results.source.get("evaluation_data"):
@@ -602,21 +602,21 @@ def verify_cmd(
     from modelport.bundle.verify import verify
 
     report = verify(bundle, device=device, threads=threads, trust=trust, trusted_keys=trusted_key or ())
-    table = Table(title=f"verify {escape(str(bundle))}")
+    table = Table(title=f"verify {safe_text(str(bundle))}")
     for col in ("check", "result", "detail"):
         table.add_column(col)
     marks = {True: "[green]ok[/green]", False: "[red]FAILED[/red]", None: "[yellow]skipped[/yellow]"}
     for check in report.checks:
-        table.add_row(escape(check.name), marks[check.ok], escape(check.detail))
+        table.add_row(safe_text(check.name), marks[check.ok], safe_text(check.detail))
     console.print(table)
     for warning in (report.trust or {}).get("warnings") or []:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/yellow] {safe_text(warning)}", soft_wrap=True)
     if report.refused is not None:
         raise report.refused  # one paragraph, exit 2: nothing of the bundle was loaded
     if not report.ok:
         failed = report.failures()
         reason = failed[0].detail if failed else "no smoke inference ran"
-        err_console.print(f"[bold red]verification failed:[/bold red] {escape(reason)}", soft_wrap=True)
+        err_console.print(f"[bold red]verification failed:[/bold red] {safe_text(reason)}", soft_wrap=True)
         raise typer.Exit(1)
     console.print("[green]bundle verified[/green]")
 
