@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_cli
 
 from modelport.errors import InputError
 from modelport.pipeline.optimize import optimize
 from modelport.pipeline.optimize.records import MEASURED, REJECTED, SKIPPED, Trial
 from modelport.pipeline.optimize.space import Candidate, load_space, scale_epochs, space_from_dict
-
-from cli_helpers import run_cli
 
 ARCH = "lenet-300-100"
 FAST = """
