@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from modelport.backends.base import Feed, Runtime, Session
 from modelport.core.types import Artifact, Format
 from modelport.errors import InputError, RuntimeUnavailableError
-from modelport.backends.base import Feed, Runtime, Session
 
 _INSTALL_HINT = "onnxruntime is not installed: pip install onnxruntime"
 _PROVIDERS = {"CPU": ["CPUExecutionProvider"], "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"]}

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.types import Artifact, Format, Precision
-from modelport.errors import RuntimeUnavailableError
 from modelport.backends.base import Feed, Runtime, Session
 from modelport.backends.onnxruntime.runtime import _check_format, _check_threads
+from modelport.core.types import Artifact, Format, Precision
+from modelport.errors import RuntimeUnavailableError
 
 _INSTALL_HINT = "openvino is not installed: pip install openvino"
 
