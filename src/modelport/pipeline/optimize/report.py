@@ -112,8 +112,13 @@ def _versus_eager(e: dict[str, Any]) -> str:
 
 
 def write_optimize(result: OptimizeResult, folder: Path) -> None:
-    atomic_write_json(Path(folder) / RESULTS_NAME, result.to_dict())
+    """``optimize.json``, ``optimize.md`` and ``report.html`` (the fronts plotted) into the staged folder."""
+    from modelport.reporting.optimize_html import write_optimize_html
+
+    data = result.to_dict()
+    atomic_write_json(Path(folder) / RESULTS_NAME, data)
     atomic_write_text(Path(folder) / "optimize.md", markdown(result))
+    write_optimize_html(data, Path(folder) / "report.html")
 
 
 def read_optimize(path: str | Path) -> dict[str, Any]:
