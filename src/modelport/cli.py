@@ -90,12 +90,6 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 # The quick demo (default) and the full one (--full): what each trains, builds and measures.
 # The quick demo runs one thread everywhere: on a shared or loaded 2-core machine, two threads per operation spend
 # most of their time waiting for each other (training simple-mnist: 41 s with 2 threads, 7 s with 1, at load 8).
-_DEMO_QUICK = {"epochs": 2, "calibration_size": 64, "batch_sizes": (1, 32), "min_seconds": 0.1, "min_iters": 10,
-               "warmup_iters": 2, "warmup_seconds": 0.02, "isolate": False, "threads": 1}
-_DEMO_FULL = {"epochs": 3, "calibration_size": 300, "batch_sizes": (1, 8, 32), "min_seconds": 1.0, "min_iters": 30,
-              "warmup_iters": 5, "warmup_seconds": 0.2, "isolate": True, "threads": None}
-
-
 @app.command()
 def demo(
     out: Annotated[
@@ -117,78 +111,38 @@ def demo(
     Examples:  modelport demo    ·    modelport demo --full
     """
     from modelport.benchmark.progress import BenchProgress
-    from modelport.data import load_dataset
-    from modelport.models import build_model
-    from modelport.models.checkpoint import save_state_dict
     from modelport.pipeline import bench, convert
+    from modelport.pipeline.demo import bench_config, demo_plan, shortcuts, train_checkpoint
     from modelport.reporting.report import render_table
-    from modelport.training import train
 
-    plan = {**(_DEMO_FULL if full else _DEMO_QUICK), **({"epochs": epochs} if epochs else {}),
-            **({"threads": threads} if threads else {})}
+    plan = demo_plan(full=full, epochs=epochs, threads=threads)
     folder = out or Path(tempfile.gettempdir()) / "modelport-demo"
     folder.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]modelport demo{' --full' if full else ''}[/bold] — working in {escape(str(folder))}")
-    if plan["threads"]:
-        import torch
-
-        torch.set_num_threads(plan["threads"])  # this process is the demo's: training, export and the eager row
-    dataset = load_dataset("digits")
-    model = build_model("simple-mnist")
-    report = train(model, dataset, epochs=plan["epochs"], progress=True)
+    ckpt, report = train_checkpoint(plan, folder)
     console.print(
         f"trained simple-mnist for {report.epochs} epochs in {report.seconds:.1f} s: test accuracy "
         f"{report.test_accuracy * 100:.2f}% on {report.test_samples} digits test images"
     )
-    ckpt = folder / "simple-mnist.safetensors"
-    save_state_dict(model, ckpt)
     with _Steps() as steps:
         result = convert(
             ckpt, arch="simple-mnist", dataset="digits", out=folder / "artifacts", overwrite=True, progress=steps,
-            profiles="all" if full else None, calibration_size=plan["calibration_size"],
+            profiles=plan.profiles, calibration_size=plan.settings["calibration_size"],
         )
     _print_conversion(result)
-    config = _demo_bench_config(plan)
     with BenchProgress(err_console) as bars:
-        results = bench(result.out_dir, config=config, progress=bars, profiles="all" if full else None)
+        results = bench(result.out_dir, config=bench_config(plan), progress=bars, profiles=plan.profiles)
     render_table(results, console)
     _print_left_out(results.source.get("profiles_left_out") or {}, "benchmarked")
     if results.source.get("evaluation_data"):
         console.print(f"evaluated on: {escape(str(results.source['evaluation_data']))}", highlight=False)
     if not full:
-        _print_demo_shortcuts(plan, result.left_out)
+        console.print("[bold]quick demo[/bold]: " + "; ".join(shortcuts(plan, result.left_out)) + ".")
+        console.print("full version: [bold]modelport demo --full[/bold] (minutes)")
     console.print(
         f"results: {escape(str(result.out_dir / 'results.json'))}, results.csv, results.md, report.html\n"
         f"next: modelport bench {escape(str(result.out_dir))}   or   modelport convert CKPT --arch ARCH --out DIR"
     )
-
-
-def _demo_bench_config(plan: dict[str, Any]) -> Any:
-    from modelport.benchmark.runner import BenchConfig
-    from modelport.benchmark.timing import TimingConfig
-
-    timing = TimingConfig(warmup_iters=plan["warmup_iters"], warmup_seconds=plan["warmup_seconds"],
-                          min_iters=plan["min_iters"], min_seconds=plan["min_seconds"])
-    return BenchConfig(timing=timing, batch_sizes=plan["batch_sizes"], threads=plan["threads"], isolate=plan["isolate"])
-
-
-def _print_demo_shortcuts(plan: dict[str, Any], left_out: dict[str, str]) -> None:
-    """The quick demo says what it left out, so nobody mistakes it for the full measurement."""
-    skipped = [
-        f"{plan['epochs']} training epochs (--full: {_DEMO_FULL['epochs']})",
-        f"INT8 calibrated on {plan['calibration_size']} images (--full: {_DEMO_FULL['calibration_size']})",
-        (
-            f"batch sizes {', '.join(map(str, plan['batch_sizes']))}, timed for ≥ {plan['min_seconds']:g} s and "
-            f"≥ {plan['min_iters']} runs each (--full: {_DEMO_FULL['min_seconds']:g} s, batches "
-            f"{', '.join(map(str, _DEMO_FULL['batch_sizes']))}); short runs are noisy"
-        ),
-        "every artifact in this one process (--full: one process each, so peak memory is per artifact)",
-        f"{plan['threads'] or 'all'} thread(s) per runtime (--threads N; --full: all cores)",
-    ]
-    if left_out:
-        skipped.append(f"profiles that cannot run here: {', '.join(left_out)} (reasons above)")
-    console.print("[bold]quick demo[/bold]: " + "; ".join(skipped) + ".")
-    console.print("full version: [bold]modelport demo --full[/bold] (minutes)")
 
 
 @app.command(name="train")
