@@ -272,3 +272,24 @@ def package_availability(module: str, install: str) -> tuple[bool, str]:
     except Exception as exc:  # ImportError or a broken native library
         return False, f"{module} cannot be imported ({exc}). Fix: {install}."
     return True, str(getattr(mod, "__version__", "unknown"))
+
+
+def host_tensors(feed: Feed, order: Sequence[str], max_batch: int | None, what: str) -> list[Any]:
+    """Feed arrays as CPU torch tensors in ``order`` (zero-copy where numpy allows), for runtimes that take torch
+    tensors (AOTInductor packages, ExecuTorch programs). Both are compiled for batches 1 to ``max_batch``: a larger
+    batch is refused here with the fix, not by the runtime with a resize error. ``what`` names the artifact."""
+    import torch
+
+    tensors = []
+    for name in order:
+        arr = feed[name]
+        if max_batch is not None and arr.ndim and not 1 <= arr.shape[0] <= max_batch:
+            raise InferenceInputError(
+                f"Input '{name}' has batch {arr.shape[0]}; {what} for batches 1 to {max_batch}.",
+                fix=f"split the input into batches of at most {max_batch}, or convert again with a larger "
+                "max_batch in the profile.",
+            )
+        if not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr).copy()
+        tensors.append(torch.from_numpy(arr))
+    return tensors

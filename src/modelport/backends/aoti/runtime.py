@@ -27,13 +27,12 @@ from modelport.backends.aoti.convert import (
     device_kind,
     read_sidecar,
 )
-from modelport.backends.base import Feed, Runtime, Session
+from modelport.backends.base import Feed, Runtime, Session, host_tensors
 from modelport.backends.sidecar import check_describes
 from modelport.core.files import sha256_file
 from modelport.core.trust import require_trusted
 from modelport.core.types import Artifact, Format
 from modelport.errors import (
-    InferenceInputError,
     InputError,
     RuntimeUnavailableError,
 )
@@ -112,23 +111,8 @@ class AotiSession(Session):
         self._restore_threads()
 
     def _host_tensors(self, feed: Feed) -> list[Any]:
-        """Feed arrays as CPU tensors in the package's input order (zero-copy where numpy allows)."""
-        import torch
-
-        tensors = []
-        for name in self._names:
-            arr = feed[name]
-            if self._max_batch is not None and arr.ndim and not 1 <= arr.shape[0] <= self._max_batch:
-                raise InferenceInputError(
-                    f"Input '{name}' has batch {arr.shape[0]}; this AOTInductor package was compiled for batches "
-                    f"1 to {self._max_batch}.",
-                    fix=f"split the input into batches of at most {self._max_batch}, or convert again with a larger "
-                    "max_batch in the profile.",
-                )
-            if not arr.flags.writeable or not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr).copy()
-            tensors.append(torch.from_numpy(arr))
-        return tensors
+        """Feed arrays as CPU tensors in the package's input order."""
+        return host_tensors(feed, self._names, self._max_batch, "this AOTInductor package was compiled")
 
     def _run_tensors(self, host: list[Any]) -> list[np.ndarray]:
         import torch

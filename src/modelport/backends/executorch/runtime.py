@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from modelport.backends.base import Feed, Runtime, Session
+from modelport.backends.base import Feed, Runtime, Session, host_tensors
 from modelport.backends.executorch.convert import METHOD_NAME, executorch_availability
 from modelport.core.types import Artifact, Format
 from modelport.errors import (
-    InferenceInputError,
     InputError,
     RuntimeUnavailableError,
     ValidationError,
@@ -119,23 +118,8 @@ class ExecuTorchSession(Session):
         self._restore_threads()
 
     def _tensors(self, feed: Feed) -> list[Any]:
-        """Feed arrays as CPU tensors in the program's input order (zero-copy where numpy allows)."""
-        import torch
-
-        tensors = []
-        for name in self._order:
-            arr = feed[name]
-            if self._max_batch is not None and arr.ndim and not 1 <= arr.shape[0] <= self._max_batch:
-                raise InferenceInputError(
-                    f"Input '{name}' has batch {arr.shape[0]}; this ExecuTorch program's memory is planned for "
-                    f"batches 1 to {self._max_batch}.",
-                    fix=f"split the input into batches of at most {self._max_batch}, or convert again with a larger "
-                    "max_batch in the profile.",
-                )
-            if not arr.flags.writeable or not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr).copy()
-            tensors.append(torch.from_numpy(arr))
-        return tensors
+        """Feed arrays as CPU tensors in the program's input order."""
+        return host_tensors(feed, self._order, self._max_batch, "this ExecuTorch program's memory is planned")
 
     def _run(self, tensors: list[Any]) -> list[np.ndarray]:
         outs = self._method.execute(tensors)
