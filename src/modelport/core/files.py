@@ -215,3 +215,19 @@ def artifact_changed(art: Any) -> str | None:
 
 def total_size(paths: Iterable[Path]) -> int:
     return sum(Path(p).stat().st_size for p in paths)
+
+
+def read_schema_json(path: str | Path, *, default_name: str, schema: str, version: int, what: str, command: str) -> dict:
+    """A results file of ours (``path`` or ``path/default_name``) as a dict, its ``schema`` and ``schema_version``
+    checked; ``InputError`` naming ``what`` it should be and the ``command`` that writes it otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"Cannot read {what} {path}: {exc}.", fix=f"run '{command}' again.") from exc
+    if not isinstance(data, dict) or data.get("schema") != schema or data.get("schema_version") != version:
+        raise InputError(f"{path} is not a modelport {what} file (schema {schema} v{version}).",
+                         fix=f"pass the {default_name} written by '{command}'.")
+    return data

@@ -776,19 +776,10 @@ def write_sweep(result: SweepResult, folder: Path) -> None:
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
     """Load a ``sweep.json`` (schema checked) as a dict, e.g. for ``benchmarks/compression_targets.py``."""
-    import json
+    from modelport.core.files import read_schema_json
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"Cannot read sweep results {path}: {exc}.", fix="run 'modelport sweep' again.") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path} is not a modelport sweep results file (schema {SCHEMA} v{SCHEMA_VERSION}).",
-                         fix="pass the sweep.json written by 'modelport sweep'.")
-    return data
+    return read_schema_json(path, default_name=RESULTS_NAME, schema=SCHEMA, version=SCHEMA_VERSION,
+                            what="sweep results", command="modelport sweep")
 
 
 __all__ = ["Matrix", "SweepResult", "SweepRow", "Variant", "compare_with_baseline", "read_sweep", "render_sweep",

@@ -3,12 +3,10 @@ terminal rendering."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from modelport.core.files import atomic_write_json, atomic_write_text
-from modelport.errors import InputError
 from modelport.pipeline.optimize.records import RESULTS_NAME, SCHEMA, SCHEMA_VERSION, OptimizeResult, Trial
 
 if TYPE_CHECKING:
@@ -123,17 +121,10 @@ def write_optimize(result: OptimizeResult, folder: Path) -> None:
 
 def read_optimize(path: str | Path) -> dict[str, Any]:
     """Load an ``optimize.json`` (schema checked)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"Cannot read optimize results {path}: {exc}.", fix="run 'modelport optimize' again.") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path} is not a modelport optimize results file (schema {SCHEMA} v{SCHEMA_VERSION}).",
-                         fix="pass the optimize.json written by 'modelport optimize'.")
-    return data
+    from modelport.core.files import read_schema_json
+
+    return read_schema_json(path, default_name=RESULTS_NAME, schema=SCHEMA, version=SCHEMA_VERSION,
+                            what="optimize results", command="modelport optimize")
 
 
 def render_optimize(result: OptimizeResult, console: Console) -> None:
