@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from modelport.bundle import opened_bundle
@@ -18,6 +17,7 @@ from modelport.bundle.verify import verify
 from modelport.core import trust
 from modelport.core.files import sha256_file
 from cli_helpers import run_cli
+from handmade_bundles import aoti_bundle
 
 ARCH = "simple-mnist-student"
 
@@ -186,28 +186,12 @@ def test_run_py_says_plainly_when_it_cannot_check_the_signature(
     assert json.loads(proc.stdout)["signature"].startswith("signed, not checked")
 
 
-def _aoti_bundle(folder: Path) -> Path:
-    """A hand-made cpu-aoti bundle: a code-bearing format its profile allows, built 'elsewhere'."""
-    (folder / "cpu-aoti" / "fp32").mkdir(parents=True)
-    (folder / "cpu-aoti" / "fp32" / "model.pt2").write_bytes(b"a package built on the release machine")
-    np.savez(folder / "samples.npz", **{"input:input": np.zeros((2, 4), np.float32), "reference": np.eye(2, 3)})
-    files = ["cpu-aoti/fp32/model.pt2", "samples.npz"]
-    art = {"path": "cpu-aoti/fp32/model.pt2", "format": "aoti-package", "precision": "fp32", "profile": "cpu-aoti",
-           "inputs": [{"name": "input", "shape": ["batch", 4], "dtype": "float32"}],
-           "outputs": [{"name": "output", "shape": ["batch", 3], "dtype": "float32"}]}
-    (folder / "manifest.json").write_text(json.dumps({
-        "schema": "modelport.bundle", "schema_version": 1, "artifacts": [art], "samples": {"path": "samples.npz"},
-        "profile": {"name": "cpu-aoti", "runtime": "aoti", "device": "CPU", "format": "aoti-package"},
-        "files": [{"path": f, "sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size} for f in files],
-    }))
-    return folder
-
 
 def test_a_signature_by_a_trusted_key_vouches_for_code_bearing_files(
     keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MODELPORT_HOME", str(tmp_path / "device"))
-    folder = _aoti_bundle(tmp_path / "aoti")
+    folder = aoti_bundle(tmp_path / "aoti")
     assert verify(folder, isolate=False).refused is not None  # unsigned: nothing vouches for the package
     sign_bundle(folder, keys["private"])
     assert verify(folder, isolate=False).refused is not None  # signed, but by a key this machine does not trust

@@ -26,6 +26,7 @@ from modelport.core import trust
 from modelport.core.files import sha256_file
 from modelport.core.manifest import Manifest
 from cli_helpers import run_cli
+from handmade_bundles import aoti_bundle
 
 FAST_BENCH = ["--batch-sizes", "1", "--min-iters", "2", "--min-seconds", "0", "--warmup-iters", "0",
               "--warmup-seconds", "0"]
@@ -267,19 +268,7 @@ def test_a_code_bearing_bundle_from_elsewhere_needs_trust(tmp_path: Path, capsys
     """An AOTInductor bundle (its profile allows the format) whose package this machine did not produce."""
     from modelport.bundle.verify import verify
 
-    folder = tmp_path / "aoti"
-    (folder / "cpu-aoti" / "fp32").mkdir(parents=True)
-    (folder / "cpu-aoti" / "fp32" / "model.pt2").write_bytes(b"a shared library in a zip, says the manifest")
-    np.savez(folder / "samples.npz", **{"input:input": np.zeros((2, 4), np.float32), "reference": np.eye(2, 3)})
-    files = ["cpu-aoti/fp32/model.pt2", "samples.npz"]
-    art = {"path": "cpu-aoti/fp32/model.pt2", "format": "aoti-package", "precision": "fp32", "profile": "cpu-aoti",
-           "inputs": [{"name": "input", "shape": ["batch", 4], "dtype": "float32"}],
-           "outputs": [{"name": "output", "shape": ["batch", 3], "dtype": "float32"}]}
-    (folder / "manifest.json").write_text(json.dumps({
-        "schema": "modelport.bundle", "schema_version": 1, "artifacts": [art], "samples": {"path": "samples.npz"},
-        "profile": {"name": "cpu-aoti", "runtime": "aoti", "device": "CPU", "format": "aoti-package"},
-        "files": [{"path": f, "sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size} for f in files],
-    }))
+    folder = aoti_bundle(tmp_path / "aoti", b"a shared library in a zip, says the manifest")
     code, text = run_cli(["verify", str(folder)], capsys)
     assert code == 2 and "cpu-aoti/fp32/model.pt2 in" in text and "shared library" in text, text
     report = verify(folder, trust=True, isolate=False)  # --trust: past the gate, then its own checks decide
