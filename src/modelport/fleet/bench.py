@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.core.files import atomic_write_json
+from modelport.core.files import atomic_write_json, check_writable_dir
 from modelport.core.manifest import Manifest
 from modelport.core.profiles import get_profile, parse_profile_list
 from modelport.core.types import Artifact
 from modelport.errors import InputError
 from modelport.fleet.cluster import connected, nodes
 from modelport.fleet.node import BENCH_SLOT, profile_resource
+from modelport.pipeline import _now as now_iso
 
 if TYPE_CHECKING:
     from modelport.benchmark.runner import BenchConfig
@@ -72,7 +73,7 @@ def bench_on_cluster(
     manifest = Manifest.read(folder)
     config = config or BenchConfig()
     out_dir = Path(out).absolute() if out is not None else folder
-    _check_writable(out_dir)
+    check_writable_dir(out_dir)  # before any packing or scheduling
     by_profile = _artifacts_by_profile(manifest, folder, profiles)
     run = FleetRun(out_dir=out_dir)
     cache = _load_cache(out_dir / CACHE_NAME)
@@ -109,15 +110,6 @@ def bench_on_cluster(
             raise
     _write(run, cache)
     return run
-
-
-def _check_writable(out_dir: Path) -> None:
-    import os
-
-    probe = out_dir if out_dir.exists() else out_dir.parent
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"Cannot write the fleet results to {out_dir}: the folder is not writable.",
-                         fix="pass --out with a writable folder.")
 
 
 def _artifacts_by_profile(
@@ -246,19 +238,13 @@ def _add_rows(
         entry["results"] = {
             "schema": "modelport.results",
             "schema_version": 1,
-            "created": _now(),
+            "created": now_iso(),
             "environment": env or (collect_environment(None) if key == UNSCHEDULED else {}),
             "source": dict(source or {}),
             "config": config or {},
             "rows": [],
         }
     entry["results"]["rows"].extend(rows)
-
-
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------------------------------- cache
