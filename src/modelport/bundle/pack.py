@@ -14,7 +14,7 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -328,13 +328,11 @@ def _versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     from modelport.backends import package_versions
 
+    from modelport.core.versions import installed_version
+
     for name, dists in {"modelport": ("modelport",), "numpy": ("numpy",), **package_versions()}.items():
-        for dist in dists:
-            try:
-                out[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
+        if (version := installed_version(*dists)) is not None:
+            out[name] = version
     return out
 
 

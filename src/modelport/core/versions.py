@@ -15,3 +15,8 @@ def installed_version(*distributions: str) -> str | None:
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
+
+
+def installed_versions(*distributions: str) -> dict[str, str]:
+    """``{distribution: version}`` for those of ``distributions`` that are installed."""
+    return {d: v for d in distributions if (v := installed_version(d)) is not None}

@@ -7,7 +7,6 @@ shape inference) and numerically (ONNX Runtime against the PyTorch model on real
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import inspect
 import os
 import re
@@ -608,11 +607,9 @@ def _opset(proto: "onnx.ModelProto") -> int:
 
 def tool_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (without importing them)."""
-    out: dict[str, str] = {}
-    for name in names:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[name] = importlib.metadata.version(name)
-    return out
+    from modelport.core.versions import installed_versions
+
+    return installed_versions(*names)
 
 
 # ------------------------------------------------------------------------------------------------ user ONNX files

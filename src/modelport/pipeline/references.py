@@ -88,15 +88,9 @@ def _torch_no_grad() -> Any:
 
 
 def _versions(*names: str) -> dict[str, str]:
-    from importlib import metadata
+    from modelport.core.versions import installed_versions
 
-    out = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return installed_versions(*names)
 
 
 def _copy_onnx_source(src: Artifact, stage: Path, pre: Preprocessing | None) -> Artifact:

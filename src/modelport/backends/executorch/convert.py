@@ -68,10 +68,9 @@ APPLICABLE_SETTINGS = frozenset({"subset_size", "per_channel", "mode", "ignored_
 
 
 def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from modelport.core.versions import installed_version
+
+    return installed_version(dist)
 
 
 def _first_line(exc: BaseException) -> str:

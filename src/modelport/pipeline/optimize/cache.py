@@ -47,24 +47,15 @@ def digest(obj: Any) -> str:
 
 def versions(runtimes: list[str]) -> dict[str, str | None]:
     """Installed versions of what shapes an artifact: modelport, torch, onnx, nncf, and each runtime's package."""
-    from importlib import metadata
-
     import modelport
     from modelport.backends import BACKENDS
-
-    def first(dists: tuple[str, ...]) -> str | None:
-        for d in dists:
-            try:
-                return metadata.version(d)
-            except metadata.PackageNotFoundError:
-                continue
-        return None
+    from modelport.core.versions import installed_version as first
 
     out: dict[str, str | None] = {"modelport": modelport.__version__}
     for name in ("torch", "onnx", "nncf"):
-        out[name] = first((name,))
+        out[name] = first(name)
     for r in sorted(set(runtimes)):
-        out[r] = first(BACKENDS[r].distributions) if r in BACKENDS else None
+        out[r] = first(*BACKENDS[r].distributions) if r in BACKENDS else None
     return out
 
 
