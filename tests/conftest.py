@@ -3,12 +3,13 @@ converted from one of them. Built here so these tests do not depend on the conve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hermetic import HERMETIC_CWD_ALLOWED, enter_hermetic, leave_hermetic
 
 from modelport.core.files import sha256_file
 from modelport.core.types import Artifact, Format, Precision, TensorSpec
@@ -100,14 +101,11 @@ def artifact_for(
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def modelport_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The trust store and trusted keys live in a temporary $MODELPORT_HOME for the whole session: tests never read
-    or write the user's ~/.config/modelport. A test that needs a fresh machine sets its own."""
-    home = tmp_path_factory.mktemp("modelport-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MODELPORT_HOME", str(home))
-        yield home
+@pytest.fixture(scope="session")
+def modelport_home() -> Path:
+    """The session's $MODELPORT_HOME (trust store, trusted keys, fleet token): inside the hermetic HOME that
+    ``pytest_configure`` set up. A test that needs a fresh machine sets its own."""
+    return Path(os.environ["MODELPORT_HOME"])
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +153,28 @@ def labelled_data(linear_onnx: LinearModel) -> tuple[np.ndarray, np.ndarray, flo
     labels = linear_onnx.forward(x).argmax(1)
     labels[:10] = (labels[:10] + 1) % CLASSES
     return x, labels, 0.75
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before anything is collected or imported: a HOME, XDG folders, temp folder, Ray folder and current directory
+    of the session's own, and no MODELPORT_*/RAY_* variable from the caller (tests/hermetic.py says why)."""
+    config._modelport_hermetic = enter_hermetic()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that wrote into the current directory fails the session, naming what it wrote."""
+    state = getattr(session.config, "_modelport_hermetic", None)
+    if state is None:
+        return
+    written = sorted(p.name for p in (state.root / "cwd").iterdir() if p.name not in HERMETIC_CWD_ALLOWED)
+    if written:
+        session.config.get_terminal_writer().line(
+            f"hermetic: tests wrote into the current directory: {', '.join(written)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    state.keep = session.exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = getattr(config, "_modelport_hermetic", None)
+    if state is not None:
+        leave_hermetic(state)
