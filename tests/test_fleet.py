@@ -4,6 +4,9 @@ Every Ray process listens and talks on loopback only: the head and each node get
 (Ray turns 127.0.0.1 itself into the machine's network address, so it is not used), the dashboard is off, and
 teardown kills exactly the process groups these tests started (never ``ray stop``, which would hit other Ray
 processes on the machine), also when a test fails. Runs are bounded: every wait has a deadline.
+
+The cluster runs with token authentication (``fleet.auth``), and the session's HOME holds a *wrong*
+``~/.ray/auth_token`` (as a machine has after Ray once wrote one): nothing may read it.
 """
 
 from __future__ import annotations
@@ -84,17 +87,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _poison_ray_home() -> Path:
+    """A stale, wrong Ray token where Ray looks by default (``~/.ray/auth_token``), as an earlier local Ray leaves."""
+    stale = Path.home() / ".ray" / "auth_token"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    if not stale.exists():
+        stale.write_text("f" * 64)
+    return stale
+
+
 class LocalCluster:
-    """A head plus worker nodes as separate process groups on loopback addresses."""
+    """A head plus worker nodes as separate process groups on loopback addresses, sharing one token file."""
 
     def __init__(self, tmp: Path) -> None:
+        from modelport.fleet.auth import create_token_file
+
         self.port = _free_port()
         self.address = f"{HEAD_IP}:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = tmp
+        self.token = create_token_file(tmp / "fleet_token")
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_period_ms": "1000",
                     "RAY_health_check_failure_threshold": "3",
-                    "RAY_raylet_start_wait_time_s": "240"}
+                    "RAY_raylet_start_wait_time_s": "240", "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN_PATH": str(self.token)}
 
     def start(self, name: str, ip: str, profiles: list[str], *, head: bool = False) -> None:
         from modelport.fleet.node import advertised_resources, ray_start_argv
@@ -114,13 +130,16 @@ class LocalCluster:
         script = (f"import ray; ray.init(address='{self.address}', _node_ip_address='{HEAD_IP}', "
                   "logging_level='ERROR', log_to_driver=False); "
                   "print(sum(1 for x in ray.nodes() if x['Alive'])); ray.shutdown()")
+        last = ""
         while time.monotonic() < deadline:
             out = subprocess.run([os.sys.executable, "-c", script], capture_output=True, text=True, env=self.env,
                                  timeout=120)
             if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
                 return
+            last = (out.stdout + out.stderr).strip().splitlines()[-1:] or ["no output"]
+            last = f"alive: {out.stdout.strip() or '?'}; probe said: {last[0][:400]}"
             time.sleep(2)
-        raise AssertionError(f"{n} Ray nodes did not come up; logs in {self.logs}")
+        raise AssertionError(f"{n} Ray nodes did not come up ({last}); logs in {self.logs}")
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -138,6 +157,7 @@ class LocalCluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("ray-logs")
+    stale = _poison_ray_home()
     c = LocalCluster(logs)
     try:
         c.start("head", HEAD_IP, [], head=True)
@@ -149,6 +169,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield c
     finally:
         c.stop()
+    assert stale.read_text() == "f" * 64  # Ray's default token file was neither used nor replaced
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +202,7 @@ def _node_ids(cluster: LocalCluster) -> dict[str, str]:
     """Node name → Ray node id, read from the cluster (by each node's loopback address)."""
     from modelport.fleet.cluster import connected, nodes
 
-    with connected(cluster.address, node_ip_address=HEAD_IP) as r:
+    with connected(cluster.address, node_ip_address=HEAD_IP, token_file=cluster.token) as r:
         by_ip = {n.address: n.node_id for n in nodes(r) if n.alive}
     return {"legacy": by_ip.get("127.0.0.3"), "intel": by_ip.get("127.0.0.4")}
 
@@ -191,7 +212,8 @@ def test_each_profile_runs_only_on_the_node_that_offers_it(cluster, folder, tmp_
     from modelport.fleet.bench import bench_on_cluster
 
     out = tmp_path / "fleet"
-    run = bench_on_cluster(folder, cluster=cluster.address, out=out, config=_config(), node_ip_address=HEAD_IP)
+    run = bench_on_cluster(folder, cluster=cluster.address, out=out, config=_config(), node_ip_address=HEAD_IP,
+                           token_file=cluster.token)
     ids = _node_ids(cluster)
     rows = run.all_rows()
     by_profile = {r["profile"]: r for r in rows}
@@ -204,7 +226,8 @@ def test_each_profile_runs_only_on_the_node_that_offers_it(cluster, folder, tmp_
     md = (out / "fleet-results.md").read_text()
     assert "legacy-cpu/fp32" in md and "intel-cpu/fp32" in md
     # a rerun measures nothing new: every row comes from the cache
-    again = bench_on_cluster(folder, cluster=cluster.address, out=out, config=_config(), node_ip_address=HEAD_IP)
+    again = bench_on_cluster(folder, cluster=cluster.address, out=out, config=_config(), node_ip_address=HEAD_IP,
+                           token_file=cluster.token)
     assert again.rows_from_cache == 2 and len(again.all_rows()) == 2
 
 
@@ -222,7 +245,7 @@ def test_a_profile_no_node_offers_is_unavailable_and_a_bundle_altered_in_transit
         return bytes(b)
 
     run = bench_on_cluster(folder, cluster=cluster.address, out=tmp_path / "o", config=_config(),
-                           node_ip_address=HEAD_IP, transit=flip)
+                           node_ip_address=HEAD_IP, transit=flip, token_file=cluster.token)
     rows = {r["profile"]: r for r in run.all_rows()}
     assert rows["intel-cpu"]["status"].startswith("failed: hash check"), rows["intel-cpu"]["status"]
     assert "altered in transit" in rows["intel-cpu"]["status"] and not rows["intel-cpu"]["latency"]
@@ -265,7 +288,7 @@ def test_a_sweep_on_the_cluster_converts_once_and_benchmarks_each_profile_on_its
     matrix = tmp_path / "m.toml"
     matrix.write_text(FLEET_MATRIX)
     out = tmp_path / "sweep"
-    with ClusterEngine(cluster.address, node_ip_address=HEAD_IP) as engine:
+    with ClusterEngine(cluster.address, node_ip_address=HEAD_IP, token_file=cluster.token) as engine:
         result = run_sweep(matrix, out=out, engine=engine)
     ids = _node_ids(cluster)
 
@@ -298,7 +321,8 @@ def test_a_sweep_on_the_cluster_converts_once_and_benchmarks_each_profile_on_its
 def test_cli_fleet_status_lists_nodes_profiles_and_labels(cluster, capsys) -> None:
     from cli_helpers import run_ok
 
-    text = run_ok(["fleet", "status", "--cluster", cluster.address, "--node-ip-address", HEAD_IP], capsys)
+    text = run_ok(["fleet", "status", "--cluster", cluster.address, "--node-ip-address", HEAD_IP, "--token-file",
+                   str(cluster.token)], capsys)
     for needle in ("127.0.0.3", "127.0.0.4", "legacy-cpu", "intel-cpu", "idle", "machine="):
         assert needle in text, text
 
@@ -309,7 +333,8 @@ def test_cli_bench_on_the_cluster_prints_the_merged_table(cluster, folder, tmp_p
 
     monkeypatch.setenv("MODELPORT_RAY_NODE_IP", HEAD_IP)
     out = tmp_path / "cli"
-    text = run_ok(["bench", str(folder), "--cluster", cluster.address, "--out", str(out), "--batch", "1",
+    text = run_ok(["bench", str(folder), "--cluster", cluster.address, "--token-file", str(cluster.token),
+                   "--out", str(out), "--batch", "1",
                    "--min-iters", "5", "--min-seconds", "0.05", "--warmup-iters", "1", "--warmup-seconds", "0"],
                   capsys)
     assert "legacy-cpu/fp32" in text and "intel-cpu/fp32" in text, text
@@ -332,7 +357,7 @@ def test_a_node_killed_mid_benchmark_loses_no_other_row(cluster, folder, tmp_pat
     killer.start()
     try:
         run = bench_on_cluster(folder, cluster=cluster.address, out=tmp_path / "k", config=_config(seconds=25.0),
-                               node_ip_address=HEAD_IP, max_retries=0)
+                               node_ip_address=HEAD_IP, max_retries=0, token_file=cluster.token)
     finally:
         killer.cancel()
     rows = {r["profile"]: r for r in run.all_rows()}
@@ -340,3 +365,81 @@ def test_a_node_killed_mid_benchmark_loses_no_other_row(cluster, folder, tmp_pat
     assert rows["legacy-cpu"]["status"] == "ok"
     for path in run.files:
         json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------- token authentication
+
+
+def test_a_token_file_is_private_and_a_bad_one_is_one_paragraph(tmp_path: Path, monkeypatch) -> None:
+    from modelport.errors import InputError
+    from modelport.fleet.auth import create_token_file, default_token_path, for_client, for_head, read_token
+
+    path = create_token_file(tmp_path / "sub" / "token")
+    assert (path.stat().st_mode & 0o777) == 0o600 and (path.parent.stat().st_mode & 0o777) == 0o700
+    assert len(read_token(path)) == 64
+    with pytest.raises(InputError, match="already exists"):
+        create_token_file(path)
+    path.chmod(0o644)
+    with pytest.raises(InputError, match="chmod 600"):
+        read_token(path)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    with pytest.raises(InputError, match="holds no token"):
+        read_token(empty)
+
+    monkeypatch.setenv("MODELPORT_HOME", str(tmp_path / "home"))
+    with pytest.raises(InputError, match="No fleet token") as err:  # nothing at the default path, no flag, no env
+        for_client()
+    assert str(default_token_path()) in str(err.value) and "--token-file" in err.value.fix
+    auth, created = for_head()  # the head creates the default token once and reuses it afterwards
+    assert created and auth.token_file == default_token_path() and auth.env()["RAY_AUTH_MODE"] == "token"
+    assert for_head() == (auth, False) and for_client().token_file == auth.token_file
+    assert for_client(no_auth=True).env() == {"RAY_AUTH_MODE": "disabled"}
+    with pytest.raises(InputError, match="contradict"):
+        for_client(path, no_auth=True)
+    with pytest.raises(InputError, match="does not exist"):
+        for_client(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_a_node_and_a_client_with_the_wrong_token_are_refused_with_one_paragraph(cluster, tmp_path, capsys) -> None:
+    """The head checks every call's token: a wrong one, none at all (--no-auth), or no token file is one paragraph
+    naming the token tried and the fix, before Ray's own retry loop starts; the right one connects."""
+    from cli_helpers import run_cli
+
+    from modelport.fleet.auth import create_token_file
+
+    wrong = create_token_file(tmp_path / "wrong_token")
+    code, text = run_cli(["fleet", "join", "--address", cluster.address, "--node-ip-address", "127.0.0.9",
+                          "--profiles", "legacy-cpu", "--token-file", str(wrong)], capsys)
+    assert code == 2 and "refused the token in" in text and str(wrong) in text and "--token-file" in text, text
+    assert "Traceback" not in text
+    status = ["fleet", "status", "--cluster", cluster.address, "--node-ip-address", HEAD_IP]
+    code, text = run_cli([*status, "--token-file", str(wrong)], capsys)
+    assert code == 2 and "refused the token in" in text and str(wrong) in text, text
+    code, text = run_cli([*status, "--no-auth"], capsys)
+    assert code == 2 and "refused no token (--no-auth)" in text and "uses token authentication" in text, text
+    assert "WITHOUT authentication" in text
+    code, text = run_cli(status, capsys)  # the session's default token file does not exist
+    assert code == 2 and "No fleet token" in text, text
+    code, text = run_cli([*status, "--token-file", str(cluster.token)], capsys)
+    assert code == 0 and "127.0.0.3" in text, text
+
+
+@pytest.mark.slow
+def test_cluster_auto_uses_a_private_token_and_leaves_ray_home_untouched() -> None:
+    """``--cluster auto`` starts Ray with token auth and a token of its own: ``~/.ray`` (here holding a stale, wrong
+    token) is neither read nor written, and this process's Ray variables are restored afterwards."""
+    from modelport.fleet.cluster import connected, nodes
+
+    stale = _poison_ray_home()
+    before = sorted(p.name for p in stale.parent.iterdir())
+    with connected("auto") as r:
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        token_path = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+        assert token_path.is_file() and (token_path.stat().st_mode & 0o777) == 0o600
+        assert [n.alive for n in nodes(r)] == [True]
+    assert stale.read_text() == "f" * 64 and sorted(p.name for p in stale.parent.iterdir()) == before
+    assert not token_path.exists()  # the private token went with the run
+    assert "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ

@@ -62,10 +62,12 @@ def bench_on_cluster(
     node_ip_address: str | None = None,
     max_retries: int = 1,
     transit: Callable[[str, bytes], bytes] | None = None,
+    token_file: Path | None = None,
+    no_auth: bool = False,
 ) -> FleetRun:
     """Benchmark the convert folder ``source`` on the fleet at ``cluster``; write per-machine results, the merged
     report and the cache into ``out`` (default: the folder). ``transit`` (tests) may alter a bundle's bytes after
-    its hash was taken, as a network would."""
+    its hash was taken, as a network would. ``token_file``/``no_auth``: the fleet's authentication (``fleet.auth``)."""
     from modelport.benchmark.runner import BenchConfig
 
     say = progress or (lambda _m: None)
@@ -78,7 +80,7 @@ def bench_on_cluster(
     run = FleetRun(out_dir=out_dir)
     cache = _load_cache(out_dir / CACHE_NAME)
     with tempfile.TemporaryDirectory(prefix="modelport-fleet-") as tmp, connected(
-        cluster, node_ip_address=node_ip_address
+        cluster, node_ip_address=node_ip_address, token_file=token_file, no_auth=no_auth
     ) as ray:
         pending: dict[Any, tuple[str, list[Artifact]]] = {}
         try:

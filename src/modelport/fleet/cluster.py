@@ -4,6 +4,10 @@
 ``HOST:PORT`` (a Ray head reachable from this machine, which must itself be a node of the cluster) or
 ``ray://HOST:PORT`` (Ray Client, from any machine). Connecting is a context manager: the connection (and, for
 ``auto``, the local Ray) is released on exit, also on Ctrl-C.
+
+Every connection authenticates with a token (``fleet.auth``): ``auto`` makes a private one for the run, an address
+takes ``--token-file`` (or the default token file) and is checked against the head before Ray connects; only an
+explicit ``no_auth`` connects without one.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelport.errors import InputError, RuntimeUnavailableError
@@ -33,10 +38,13 @@ def import_ray() -> Any:
 
 
 @contextlib.contextmanager
-def connected(cluster: str, *, node_ip_address: str | None = None) -> Iterator[Any]:
+def connected(cluster: str, *, node_ip_address: str | None = None, token_file: Path | None = None,
+              no_auth: bool = False) -> Iterator[Any]:
     """Ray initialised for ``cluster``; shut down on exit. Inside an open connection (a ``ClusterEngine`` holds one
     over a whole sweep, so ``auto`` does not start and stop a local Ray per variant) that connection is reused and
     left open."""
+    from modelport.fleet import auth as fleet_auth
+
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -45,33 +53,42 @@ def connected(cluster: str, *, node_ip_address: str | None = None) -> Iterator[A
         raise InputError("No cluster given.", fix="pass --cluster auto, HOST:PORT or ray://HOST:PORT.")
     ip = node_ip_address or os.environ.get(NODE_IP_ENV) or None
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False, "ignore_reinit_error": False}
-    if cluster == "auto":
-        kwargs.update(resources=advertised_resources(), include_dashboard=False)
-        kwargs["_node_ip_address"] = ip or "127.0.0.1"
-        address = None
-    elif cluster.startswith("ray://"):
-        address = cluster
-    else:
-        if ":" not in cluster:
-            raise InputError(
-                f"Cluster address '{cluster}' has no port.", fix="pass HOST:PORT (the head's port, 6379 by default)."
-            )
-        address = cluster
-        if ip:
-            kwargs["_node_ip_address"] = ip
-    try:
-        ray.init(address=address, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - Ray's connection errors are many types; one paragraph for all
-        from modelport.errors import first_line
+    with contextlib.ExitStack() as stack:
+        if cluster == "auto":
+            kwargs.update(resources=advertised_resources(), include_dashboard=False)
+            kwargs["_node_ip_address"] = ip or "127.0.0.1"
+            address = "local"  # always a new Ray of our own: None would attach to a cluster already running here
+            if no_auth:
+                auth = fleet_auth.for_client(token_file, no_auth=True)
+            elif token_file is not None:
+                auth = fleet_auth.for_client(token_file)
+            else:
+                auth = stack.enter_context(fleet_auth.private_token())
+        else:
+            address = cluster
+            if not cluster.startswith("ray://") and ":" not in cluster:
+                raise InputError(
+                    f"Cluster address '{cluster}' has no port.", fix="pass HOST:PORT (the head's port, 6379 by default)."
+                )
+            auth = fleet_auth.for_client(token_file, no_auth=no_auth)
+            if not cluster.startswith("ray://"):
+                fleet_auth.check_token(cluster, auth)  # a refused token in well under a second, not Ray's 20 s
+                if ip:
+                    kwargs["_node_ip_address"] = ip
+        stack.enter_context(fleet_auth.applied(auth))
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray's connection errors are many types; one paragraph for all
+            from modelport.errors import first_line
 
-        raise RuntimeUnavailableError(
-            f"Could not connect to the Ray cluster at {cluster}: {first_line(exc)}.",
-            fix="start a head with 'modelport fleet head' (or check the address), then retry.",
-        ) from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+            raise RuntimeUnavailableError(
+                f"Could not connect to the Ray cluster at {cluster} with {auth.describe()}: {first_line(exc)}.",
+                fix="start a head with 'modelport fleet head' (or check the address and the token file), then retry.",
+            ) from exc
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
 
 
 @dataclass
@@ -116,7 +133,8 @@ def offered_profiles(ray: Any) -> set[str]:
     return {p for n in nodes(ray) if n.alive for p in n.profiles}
 
 
-def fleet_status(cluster: str, *, node_ip_address: str | None = None) -> list[NodeInfo]:
+def fleet_status(cluster: str, *, node_ip_address: str | None = None, token_file: Path | None = None,
+                 no_auth: bool = False) -> list[NodeInfo]:
     """The nodes of ``cluster`` (connects, reads, disconnects)."""
-    with connected(cluster, node_ip_address=node_ip_address) as ray:
+    with connected(cluster, node_ip_address=node_ip_address, token_file=token_file, no_auth=no_auth) as ray:
         return nodes(ray)

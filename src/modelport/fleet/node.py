@@ -138,22 +138,34 @@ def start_node(
     port: int = 6379,
     node_ip_address: str | None = None,
     profiles: list[str] | None = None,
+    token_file: Path | None = None,
+    no_auth: bool = False,
 ) -> dict[str, Any]:
     """Start this machine's Ray node (``ray start``: daemons in the background) advertising ``profiles`` (default:
-    what ``modelport doctor`` finds runnable here). Returns what it advertises and Ray's own words."""
+    what ``modelport doctor`` finds runnable here), with token authentication (``fleet.auth``): a head creates its
+    token file when missing, a joining node must hold a copy and is checked against the head first. Returns what
+    it advertises, the token file and whether it was created, and Ray's own words."""
+    import os
     import subprocess
 
     from modelport.errors import RuntimeUnavailableError
+    from modelport.fleet import auth as fleet_auth
     from modelport.fleet.cluster import import_ray
 
     import_ray()  # one paragraph with the fix when Ray is missing
     resources = advertised_resources(profiles)
     argv = ray_start_argv(head=head, address=address, port=port, node_ip_address=node_ip_address,
                           resources=resources)
-    if not head:
+    created = False
+    if head:
+        auth, created = fleet_auth.for_head(token_file, no_auth=no_auth)
+    else:
         check_reachable(str(address))  # 'ray start' would retry an unreachable head for minutes
+        auth = fleet_auth.for_client(token_file, no_auth=no_auth)
+        fleet_auth.check_token(str(address), auth)  # a wrong token: one paragraph now, not a node that never joins
+    env = {k: v for k, v in os.environ.items() if k not in fleet_auth.RAY_AUTH_VARS} | auth.env()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=START_TIMEOUT_S)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=START_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeUnavailableError(
             f"'ray start' did not finish within {START_TIMEOUT_S} s.",
@@ -165,7 +177,9 @@ def start_node(
             f"'ray start' failed (exit {done.returncode}): {' '.join(tail) or 'no output'}.",
             fix="check the address and that the port is free; 'ray stop' ends Ray processes left on this machine.",
         )
-    return {"argv": argv, "resources": resources, "labels": node_labels(), "output": done.stdout}
+    return {"argv": argv, "resources": resources, "labels": node_labels(), "output": done.stdout,
+            "token_file": None if auth.disabled else str(auth.token_file), "token_created": created,
+            "auth": auth.describe()}
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -61,9 +61,12 @@ class ClusterEngine:
         node_ip_address: str | None = None,
         max_retries: int = 1,
         progress: Progress | None = None,
+        token_file: Path | None = None,
+        no_auth: bool = False,
     ) -> None:
         self.cluster = cluster
         self.node_ip_address = node_ip_address
+        self.auth = {"token_file": token_file, "no_auth": no_auth}
         self.max_retries = max_retries
         self.say = progress or _quiet
         self.conversions: list[dict[str, Any]] = []
@@ -72,7 +75,7 @@ class ClusterEngine:
 
     def __enter__(self) -> ClusterEngine:
         self._stack = contextlib.ExitStack()
-        self._stack.enter_context(connected(self.cluster, node_ip_address=self.node_ip_address))
+        self._stack.enter_context(connected(self.cluster, node_ip_address=self.node_ip_address, **self.auth))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -82,7 +85,7 @@ class ClusterEngine:
 
     @contextlib.contextmanager
     def _ray(self) -> Iterator[Any]:
-        with connected(self.cluster, node_ip_address=self.node_ip_address) as ray:  # reuses a held connection
+        with connected(self.cluster, node_ip_address=self.node_ip_address, **self.auth) as ray:  # reuses a held connection
             yield ray
 
     # --------------------------------------------------------------------------------------------- converting
@@ -171,7 +174,7 @@ class ClusterEngine:
         """Each profile of ``conv`` benchmarked on a node that offers it; the rows as one ``BenchResults``."""
         run = bench_on_cluster(conv.out_dir, cluster=self.cluster, out=conv.out_dir, config=config,
                                progress=self.say, node_ip_address=self.node_ip_address,
-                               max_retries=self.max_retries)
+                               max_retries=self.max_retries, **self.auth)
         self.runs.append(run)
         return fleet_results(run, conv, config, include_reference=include_reference, cluster=self.cluster)
 
