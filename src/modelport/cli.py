@@ -299,6 +299,8 @@ def sweep_cmd(
     out: Annotated[Path, typer.Option(help="Output folder (must not exist, or --overwrite a sweep folder).")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sweep output folder.")] = False,
     cluster: Annotated[str | None, typer.Option(help=_CLUSTER_HELP)] = None,
+    token_file: Annotated[Path | None, typer.Option(help=_TOKEN_HELP)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help=_NO_AUTH_HELP)] = False,
 ) -> None:
     """Train each model once, convert every variant into its own folder, benchmark all, write one merged table.
 
@@ -311,7 +313,8 @@ def sweep_cmd(
     if cluster is not None:
         from modelport.fleet.sweep import ClusterEngine
 
-        with _Steps() as steps, ClusterEngine(cluster, progress=steps) as engine:
+        _warn_no_auth(no_auth)
+        with _Steps() as steps, ClusterEngine(cluster, progress=steps, token_file=token_file, no_auth=no_auth) as engine:
             result = run_sweep(matrix, out=out, overwrite=overwrite, progress=steps, engine=engine)
     else:
         with _Steps() as steps:
@@ -398,6 +401,8 @@ def bench_cmd(
     trust: Annotated[bool, typer.Option("--trust", help=_TRUST_HELP)] = False,
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help=_KEY_HELP)] = None,
     cluster: Annotated[str | None, typer.Option(help=_CLUSTER_HELP)] = None,
+    token_file: Annotated[Path | None, typer.Option(help=_TOKEN_HELP)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help=_NO_AUTH_HELP)] = False,
 ) -> None:
     """Benchmark every artifact in its native runtime; write results.json/csv/md and report.html.
 
@@ -421,8 +426,8 @@ def bench_cmd(
         artifact_timeout=timeout,
     )
     if cluster is not None:
-        _bench_cluster(folder, cluster, out=out, profiles=profiles, config=config,
-                       local_only={"--eval-data": eval_data, "--trust": trust, "--trusted-key": trusted_key,
+        _bench_cluster(folder, cluster, out=out, profiles=profiles, config=config, token_file=token_file,
+                       no_auth=no_auth, local_only={"--eval-data": eval_data, "--trust": trust, "--trusted-key": trusted_key,
                                    "--dataset-root": dataset_root})
         return
     with BenchProgress(err_console) as bars:
@@ -577,10 +582,21 @@ def verify_cmd(
 
 _CLUSTER_HELP = ("Run on a Ray fleet: auto (Ray on this machine), HOST:PORT of a head this machine has joined, or "
                  "ray://HOST:PORT (see 'modelport fleet').")
+_TOKEN_HELP = ("The fleet's token file ('modelport fleet head' prints its path; copy it to every machine). Default: "
+               "$MODELPORT_FLEET_TOKEN_FILE, else the modelport home's fleet/auth_token; --cluster auto makes a "
+               "private one.")
+_NO_AUTH_HELP = "Run the fleet without token authentication (anyone who reaches its ports can run code): not advised."
+
+
+def _warn_no_auth(no_auth: bool) -> None:
+    if no_auth:
+        from modelport.fleet.auth import NO_AUTH_WARNING
+
+        err_console.print(f"[yellow]warning:[/yellow] {NO_AUTH_WARNING}", soft_wrap=True)
 
 
 def _bench_cluster(folder: Path, cluster: str, *, out: Path | None, profiles: str | None, config: Any,
-                   local_only: dict[str, Any]) -> None:
+                   local_only: dict[str, Any], token_file: Path | None = None, no_auth: bool = False) -> None:
     """``bench --cluster``: each profile on a node that offers it; the merged table, rows labelled by machine."""
     from modelport.fleet.bench import bench_on_cluster, fleet_comparison
     from modelport.reporting.merge import environment_summary
@@ -591,7 +607,9 @@ def _bench_cluster(folder: Path, cluster: str, *, out: Path | None, profiles: st
         raise InputError(f"{', '.join(given)} cannot be used with --cluster: each node benchmarks the bundle it "
                          "receives, with the samples bundled in it and its own trust rules.",
                          fix=f"leave out {', '.join(given)}, or run 'modelport bench' without --cluster.")
-    run = bench_on_cluster(folder, cluster=cluster, out=out, profiles=profiles, config=config, progress=_progress)
+    _warn_no_auth(no_auth)
+    run = bench_on_cluster(folder, cluster=cluster, out=out, profiles=profiles, config=config, progress=_progress,
+                           token_file=token_file, no_auth=no_auth)
     if not run.files:
         console.print("nothing was benchmarked")
         return
@@ -636,20 +654,35 @@ def fleet_head_cmd(
     port: Annotated[int, typer.Option(min=1, max=65535, help="The head's port (Ray's GCS).")] = 6379,
     node_ip_address: Annotated[str | None, typer.Option(help=_NODE_IP_HELP)] = None,
     profiles: Annotated[str | None, typer.Option(help=_PROFILES_OFFER_HELP)] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help="The fleet's token file: created (mode 0600) when missing. Default: the modelport home's "
+             "fleet/auth_token.")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help=_NO_AUTH_HELP)] = False,
 ) -> None:
     """Start the fleet's head on this machine (it is a node too: it offers its own profiles).
 
-    Only trusted machines on a private network may reach its ports: whoever can join can run code on every node.\n
+    The fleet authenticates with a token (Ray's token auth): the head writes it to a file; copy that file to every
+    other machine and pass it with --token-file. Even so, only trusted machines on a private network should reach
+    its ports.\n
     Example:  modelport fleet head --node-ip-address 10.0.0.5
     """
     from modelport.fleet.node import start_node
 
+    _warn_no_auth(no_auth)
     started = start_node(head=True, port=port, node_ip_address=node_ip_address,
-                         profiles=None if profiles is None else _name_list(profiles))
+                         profiles=None if profiles is None else _name_list(profiles), token_file=token_file,
+                         no_auth=no_auth)
     _print_started(started)
     where = f"{node_ip_address or 'THIS-MACHINE'}:{port}"
-    console.print(f"head started; on each other machine: modelport fleet join --address {where}\n"
-                  f"then: modelport sweep MATRIX.toml --out DIR --cluster {where}   (stop with: ray stop)")
+    token = started["token_file"]
+    if token:
+        console.print(f"fleet token: {escape(token)} ({'created' if started['token_created'] else 'existing'}, "
+                      "mode 0600); copy it to each other machine, keep it secret")
+        flag = f" --token-file {escape(token)}"
+    else:
+        flag = " --no-auth"
+    console.print(f"head started; on each other machine: modelport fleet join --address {where}{flag}\n"
+                  f"then: modelport sweep MATRIX.toml --out DIR --cluster {where}{flag}   (stop with: ray stop)")
 
 
 @fleet_app.command(name="join")
@@ -657,15 +690,20 @@ def fleet_join_cmd(
     address: Annotated[str, typer.Option(help="The head's HOST:PORT.")],
     node_ip_address: Annotated[str | None, typer.Option(help=_NODE_IP_HELP)] = None,
     profiles: Annotated[str | None, typer.Option(help=_PROFILES_OFFER_HELP)] = None,
+    token_file: Annotated[Path | None, typer.Option(help=_TOKEN_HELP)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help=_NO_AUTH_HELP)] = False,
 ) -> None:
     """Join this machine to a fleet as a node advertising the profiles it can run.
 
-    Example:  modelport fleet join --address 10.0.0.5:6379
+    The token is checked against the head before Ray starts: a wrong one is refused at once.\n
+    Example:  modelport fleet join --address 10.0.0.5:6379 --token-file ~/fleet_token
     """
     from modelport.fleet.node import start_node
 
+    _warn_no_auth(no_auth)
     started = start_node(head=False, address=address, node_ip_address=node_ip_address,
-                         profiles=None if profiles is None else _name_list(profiles))
+                         profiles=None if profiles is None else _name_list(profiles), token_file=token_file,
+                         no_auth=no_auth)
     _print_started(started)
     console.print(f"joined {escape(address)} (leave with: ray stop)")
 
@@ -674,6 +712,8 @@ def fleet_join_cmd(
 def fleet_status_cmd(
     cluster: Annotated[str | None, typer.Option(help="HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS).")] = None,
     node_ip_address: Annotated[str | None, typer.Option(help=_NODE_IP_HELP)] = None,
+    token_file: Annotated[Path | None, typer.Option(help=_TOKEN_HELP)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help=_NO_AUTH_HELP)] = False,
 ) -> None:
     """The fleet's nodes: address, profiles offered, benchmarking now or idle, machine labels.
 
@@ -689,7 +729,8 @@ def fleet_status_cmd(
     table = Table(title=f"fleet {safe_text(cluster)}")
     for col in ("node", "address", "state", "profiles", "converts", "labels"):
         table.add_column(col)
-    for n in fleet_status(cluster, node_ip_address=node_ip_address):
+    _warn_no_auth(no_auth)
+    for n in fleet_status(cluster, node_ip_address=node_ip_address, token_file=token_file, no_auth=no_auth):
         state = "dead" if not n.alive else ("benchmarking" if n.busy else "idle")
         table.add_row(n.node_id[:8], safe_text(n.address), state, safe_text(", ".join(n.profiles) or "-"),
                       "yes" if n.converts else "no",
