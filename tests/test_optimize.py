@@ -309,22 +309,99 @@ def _search(cache_dir: Path, objective: str = "latency") -> Any:
     return Search(ctx, load_space(), Cache(cache_dir), lambda _m: None)
 
 
-def _measured(name: str, precision: str, acc: float, value: float, quick: float | None = None) -> Trial:
-    return Trial(name, "legacy-cpu", precision, "onnxruntime", fate=MEASURED, accuracy=acc,
-                 drop_pts=(0.9 - acc) * 100, value=value, p50_ms=value, quick_value=quick if quick is not None else value)
+QUANTIZE = {"step": "quantize", "stage": "lowering"}
 
 
-def test_int8_that_does_not_pay_is_said_with_ratio_and_cpu_features(tmp_path: Path) -> None:
-    from modelport.pipeline.optimize.finals import _int8_verdict
+def _measured(name: str, precision: str, acc: float, value: float, quick: float | None = None, *,
+              size: int = 1000, ci: float = 0.01, rounds: list[float] | None = None,
+              steps: list[dict[str, Any]] | None = None) -> Trial:
+    """A fully measured trial: the search's p50 ``value`` with a ±``ci`` (relative) 95 % interval, and optionally the
+    per-round p50s of the interleaved finals."""
+    t = Trial(name, "legacy-cpu", precision, "onnxruntime", fate=MEASURED, accuracy=acc,
+              drop_pts=(0.9 - acc) * 100, value=value, p50_ms=value, p50_ci95=[value * (1 - ci), value * (1 + ci)],
+              quick_value=quick if quick is not None else value, size_bytes=size,
+              steps=steps if steps is not None else ([] if precision == "fp32" else [QUANTIZE]))
+    if rounds is not None:
+        t.final = {"p50_ms": sorted(rounds)[len(rounds) // 2], "rounds_ms": rounds}
+    return t
 
-    s = _search(tmp_path)
-    base, int8 = _measured("fp32", "fp32", 0.9, 1.0), _measured("ort", "int8", 0.9, 1.25)
-    verdict = _int8_verdict(s, base, int8, winner=base)
-    assert verdict is not None and not verdict["pays"] and verdict["ratio_to_fp32"] == pytest.approx(1.25)
-    assert "does not pay" in verdict["statement"] and "FP32 kept" in verdict["statement"]
-    assert "Test CPU" in verdict["statement"] and "avx512_vnni no" in verdict["statement"]
-    base.final, int8.final = {"p50_ms": 1.0}, {"p50_ms": 0.5, "ratio_to_fp32": 0.5}
-    assert _int8_verdict(s, base, int8, winner=int8)["pays"]
+
+def _decide(tmp_path: Path, trials: list[Trial], objective: str = "latency") -> Any:
+    """finals.decide on recorded figures: the artifacts are not re-timed (the finals given stand)."""
+    from modelport.pipeline.optimize.finals import decide
+
+    s = _search(tmp_path, objective)
+    s.trials = trials
+    s.artifact = lambda _t: None  # nothing to load: the recorded rounds are the finals
+    return decide(s)["legacy-cpu"]
+
+
+def _names(points: list[dict[str, Any]]) -> list[str]:
+    return [f"{p['candidate']}/{p['precision']}" for p in points]
+
+
+def test_an_order_that_flips_between_search_and_finals_cannot_put_the_winner_off_its_front(tmp_path: Path) -> None:
+    """The AMX Xeon finding: INT8 (QOperator, reduce_range) as fast as FP32. The search timed INT8 2 % faster, the
+    interleaved finals FP32 2 % faster. The winner once came from the finals and the front from the search, so
+    optimize.json named fp32 the winner of a front that was only ['ort-a']."""
+    fp32 = _measured("fp32", "fp32", 0.9, 1.00, size=4000, rounds=[0.97, 0.99, 0.96, 1.03, 0.98])
+    int8 = _measured("ort-a", "int8", 0.9, 0.98, size=1000, rounds=[0.99, 1.00, 0.99, 1.01, 1.00])
+    o = _decide(tmp_path, [fp32, int8])
+    assert o.winner["candidate"] in {p["candidate"] for p in o.front}, (o.winner["candidate"], _names(o.front))
+    # one set of measurements: both are on the finals' front, they tie on speed, and the tie rule chose
+    assert sorted(_names(o.front)) == ["fp32/fp32", "ort-a/int8"] and o.decided_on == "interleaved finals"
+    assert _names([o.winner]) == ["ort-a/int8"] and o.ties and o.ties[0]["verdict"] == "tie"
+    assert "smaller on disk" in o.tie_rule and "tied with fp32/fp32" in o.tie_statement
+    assert o.int8["verdict"] == "tie" and not o.int8["pays"]
+    assert o.int8["statement"].startswith("INT8 is not measurably faster than FP32 on this CPU: ×1.0")
+
+
+@pytest.mark.parametrize(("fp32_rounds", "int8_rounds", "verdict", "winner"), [
+    ([1.0] * 5, [0.50, 0.52, 0.49, 0.51, 0.50], "pays", "ort-a/int8"),  # clearly faster
+    ([1.0] * 5, [1.30, 1.25, 1.28, 1.31, 1.27], "slower", "fp32/fp32"),  # clearly slower
+    ([1.0, 1.0, 1.0, 1.0, 1.0], [0.97, 1.02, 0.95, 1.04, 0.99], "tie", "ort-a/int8"),  # overlaps 1: a tie
+    ([1.0, 1.0, 1.0, 1.0, 1.0], [0.97, 0.98, 0.96, 0.99, 0.97], "pays", "ort-a/int8"),  # near-tie, every round faster
+    ([1.0, 1.1, 0.9], [0.95, 1.10, 0.92], "tie", "ort-a/int8"),  # few rounds: the round intervals widen it
+])
+def test_int8_verdict_and_winner_follow_the_interleaved_rounds(tmp_path: Path, fp32_rounds: list[float],
+                                                               int8_rounds: list[float], verdict: str,
+                                                               winner: str) -> None:
+    fp32 = _measured("fp32", "fp32", 0.9, 1.0, size=4000, rounds=fp32_rounds)
+    int8 = _measured("ort-a", "int8", 0.9, 0.5, size=1000, rounds=int8_rounds)
+    if len(fp32_rounds) < 5:
+        for t in (fp32, int8):
+            t.final["rounds_ci95"] = [[x * 0.96, x * 1.04] for x in t.final["rounds_ms"]]
+    o = _decide(tmp_path, [fp32, int8])
+    assert o.int8["verdict"] == verdict and o.int8["pays"] == (verdict == "pays")
+    lo, hi = o.int8["ratio_ci95"]
+    assert lo <= o.int8["ratio"] <= hi
+    assert _names([o.winner]) == [winner]
+    assert o.winner["candidate"] in {p["candidate"] for p in o.front}
+    assert ("Test CPU" in o.int8["statement"]) and ("avx512_vnni no" in o.int8["statement"])
+
+
+def test_a_tie_goes_to_the_more_accurate_then_the_smaller_then_fewer_steps(tmp_path: Path) -> None:
+    same = [1.0, 1.01, 0.99, 1.0, 1.02]
+    a = _measured("fp32", "fp32", 0.90, 1.0, size=4000, rounds=same)
+    b = _measured("q-less-accurate", "int8", 0.89, 1.0, size=1000, rounds=[x * 0.99 for x in same[::-1]])
+    o = _decide(tmp_path, [a, b])
+    assert _names([o.winner]) == ["fp32/fp32"]  # tied speed, more accurate: b is dominated, not on the front
+    assert _names(o.front) == ["fp32/fp32"]
+    c = _measured("pruned", "int8", 0.90, 1.0, size=1000, rounds=same, steps=[{"step": "prune", "stage": "model"}, QUANTIZE])
+    d = _measured("plain", "int8", 0.90, 1.0, size=1000, rounds=same)
+    o = _decide(tmp_path, [a, c, d])
+    assert _names([o.winner]) == ["plain/int8"]  # as accurate, as small as 'pruned', one step fewer
+    assert {t["candidate"] for t in o.ties} == {"fp32", "pruned"}
+
+
+def test_without_finals_the_decision_uses_the_full_measurements_and_their_intervals(tmp_path: Path) -> None:
+    a = _measured("fp32", "fp32", 0.9, 1.00, ci=0.05)
+    b = _measured("ort-a", "int8", 0.9, 0.97, ci=0.05, size=500)  # overlapping intervals: a tie
+    o = _decide(tmp_path, [a, b])
+    assert o.decided_on.startswith("full measurements") and o.int8["verdict"] == "tie"
+    assert o.int8["how"] == "full measurements" and _names([o.winner]) == ["ort-a/int8"]
+    b2 = _measured("ort-a", "int8", 0.9, 0.5, ci=0.05, size=500)
+    assert _decide(tmp_path, [a, b2]).int8["verdict"] == "pays"
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
@@ -335,3 +412,14 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     front = pareto([a, b, c, d])
     assert c not in front  # b is faster and more accurate
     assert front[0] is b and a in front and d in front  # a and d tie: neither beats the other
+
+
+def test_every_committed_optimize_result_has_its_winner_on_its_front() -> None:
+    from modelport.pipeline.optimize.decision import check_winner_on_front
+
+    results = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("optimize_*.json"))
+    assert results, "no committed optimize results"
+    for path in results:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for name, outcome in data["profiles"].items():
+            assert check_winner_on_front(outcome) is None, f"{path.name} {name}: {check_winner_on_front(outcome)}"

@@ -1,11 +1,13 @@
-"""The answer per profile: the Pareto front, the interleaved re-timing of the finalists, the winner and why, and
-whether INT8 pays on this CPU (the speed gate: an INT8 artifact not faster than FP32 here is said so, with the
-measured ratio and the CPU's features, and FP32 stays the answer unless something else beats it)."""
+"""The answer per profile from one set of measurements (``decision`` has the rules): the finalists re-timed
+interleaved, FP32 included; the Pareto front, the winner (ties broken by a stated rule, and said) and whether INT8
+pays on this CPU, all from those re-timings. Trials that were not re-timed are not on the reported front: the
+search front they were dropped from is recorded beside it."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from modelport.pipeline.optimize import decision
 from modelport.pipeline.optimize.measure import interleave, summarise_rounds
 from modelport.pipeline.optimize.records import ProfileOutcome, Trial
 from modelport.pipeline.optimize.space import BASELINE
@@ -15,17 +17,12 @@ if TYPE_CHECKING:
     from modelport.core.types import Artifact
     from modelport.pipeline.optimize.search import Search
 
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
-def pareto(trials: list[Trial]) -> list[Trial]:
-    """Trials no other trial beats on both accuracy (higher) and the objective (lower), best objective first."""
-    pts = [t for t in trials if t.accuracy is not None and t.value is not None]
-    front = [t for t in pts if not any(
-        o is not t and o.accuracy >= t.accuracy and o.value <= t.value  # type: ignore[operator]
-        and (o.accuracy > t.accuracy or o.value < t.value)  # type: ignore[operator]
-        for o in pts)]
-    return sorted(front, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+def pareto(trials: list[Trial], objective: str = "latency") -> list[Trial]:
+    """Trials no other trial dominates on accuracy and the objective, ties counted (``decision.front``)."""
+    return decision.front(trials, objective)
 
 
 def decide(s: Search) -> dict[str, ProfileOutcome]:
@@ -37,15 +34,17 @@ def decide(s: Search) -> dict[str, ProfileOutcome]:
     return out
 
 
-def _finalists(s: Search, p: DeviceProfile, measured: list[Trial], front: list[Trial]) -> list[Trial]:
-    feasible_front = [t for t in front if t.feasible(s.ctx.max_drop)]
-    chosen = feasible_front[: s.space.strategy.finalists]
-    base = _baseline(measured)
-    if base is not None and base not in chosen:
-        chosen.append(base)
-    int8 = _best_int8(measured)
-    if int8 is not None and int8 not in chosen:
-        chosen.append(int8)
+def _finalists(s: Search, measured: list[Trial], search_front: list[Trial], screened: list[Trial]) -> list[Trial]:
+    """The search front (feasible members first, then the rest by accuracy; at most ``finalists``), the FP32
+    baseline, and the fastest INT8 and float lowering of the unmodified model on the quick screen."""
+    feasible = [t for t in search_front if t.feasible(s.ctx.max_drop)]
+    rest = sorted((t for t in search_front if t not in feasible), key=lambda t: -(t.accuracy or 0.0))
+    chosen = (feasible + rest)[: s.space.strategy.finalists]
+    extras = [_baseline(measured), _best_quick(screened, ("int8",)),
+              _best_quick(screened, decision.FLOAT_PRECISIONS)]
+    for t in extras:
+        if t is not None and t not in chosen:
+            chosen.append(t)
     return chosen
 
 
@@ -53,28 +52,49 @@ def _baseline(trials: list[Trial]) -> Trial | None:
     return next((t for t in trials if t.candidate == BASELINE), None)
 
 
-def _best_int8(trials: list[Trial]) -> Trial | None:
-    """The fastest INT8 artifact of the unmodified model on the quick screen (measured or not)."""
-    int8 = [t for t in trials if t.precision == "int8" and not t.trains and t.quick_value is not None]
-    return min(int8, key=lambda t: t.quick_value) if int8 else None  # type: ignore[arg-type, return-value]
+def _best_quick(trials: list[Trial], precisions: tuple[str, ...]) -> Trial | None:
+    """The fastest lowering of the unmodified model at one of ``precisions`` on the quick screen."""
+    pool = [t for t in trials if t.precision in precisions and decision.unmodified(t) and t.quick_value is not None]
+    return min(pool, key=lambda t: t.quick_value) if pool else None  # type: ignore[arg-type, return-value]
 
 
 def _decide_profile(s: Search, p: DeviceProfile) -> ProfileOutcome:
+    objective = s.ctx.objective
     mine = [t for t in s.trials if t.profile == p.name]
     measured = [t for t in mine if t.measured]
-    front = pareto(measured)
-    finalists = _finalists(s, p, measured, front)
+    screened = [t for t in mine if t.quick_value is not None]
+    search_front = pareto(measured, objective)
+    finalists = _finalists(s, measured, search_front, screened)
     eager = _retime(s, p, finalists)
+    retimed = [t for t in finalists if t.final]
+    # one set of measurements: the interleaved finals when they ran, else (the re-timing failed) the full ones;
+    # size is exact, so every measured candidate takes part
+    if objective == "size":
+        basis = measured
+    else:
+        basis = [t for t in retimed if t.measured] if retimed else measured
+    front = pareto(basis, objective)
+    choice = decision.choose(front, s.ctx.max_drop, objective)
+    winner = choice.winner
     outcome = ProfileOutcome(profile=p.name, runtime=p.runtime, device=p.device,
                              front=[_point(s, t) for t in front], finals=[_point(s, t) for t in finalists])
-    winner = _winner(s, [t for t in measured if t.feasible(s.ctx.max_drop)])
+    outcome.search_front = [f"{t.candidate}/{t.precision}" for t in search_front]
+    outcome.decided_on = "size on disk" if objective == "size" else (
+        "interleaved finals" if retimed else "full measurements (the re-timing failed)")
     if winner is not None:
         outcome.winner = _point(s, winner)
-        outcome.why = _why(s, winner, [t for t in finalists if t is not winner and t.feasible(s.ctx.max_drop)])
+        outcome.why = _why(s, winner, [t for t in front if t is not winner and t.feasible(s.ctx.max_drop)])
+        outcome.ties = choice.ties_dict()
+        outcome.tie_rule = decision.TIE_RULE
+        if choice.tied:
+            outcome.tie_statement = choice.statement()
+        problem = decision.check_winner_on_front(outcome.to_dict())
+        if problem:  # cannot happen by construction; never ship a self-contradicting answer
+            raise RuntimeError(f"optimize: {problem}")
     outcome.eager = _versus_eager(eager, winner)
     outcome.single_method = _versus_single(s, measured, winner)
-    screened = [t for t in mine if t.quick_value is not None]
-    outcome.int8 = _int8_verdict(s, _baseline(screened), _best_int8(screened), winner)
+    timed = retimed if retimed else [t for t in screened if t.measured]
+    outcome.int8 = _int8_verdict(s, timed, winner)
     return outcome
 
 
@@ -151,16 +171,6 @@ def _speed(t: Trial) -> float:
     return float(t.p50_ms) if t.p50_ms is not None else float("inf")
 
 
-def _winner(s: Search, feasible: list[Trial]) -> Trial | None:
-    if not feasible:
-        return None
-    if s.ctx.objective == "size":
-        return min(feasible, key=lambda t: (t.size_bytes or float("inf"), _speed(t)))
-    finals = [t for t in feasible if t.final]
-    pool = finals or feasible
-    return min(pool, key=_speed)
-
-
 def _point(s: Search, t: Trial) -> dict[str, Any]:
     return {
         "candidate": t.candidate, "precision": t.precision, "recipe": t.recipe, "accuracy": t.accuracy,
@@ -192,27 +202,31 @@ def _why(s: Search, w: Trial, others: list[Trial]) -> str:
     return f"{head}; {budget}{nxt}"
 
 
-def _int8_verdict(s: Search, base: Trial | None, int8: Trial | None, winner: Trial | None) -> dict[str, Any] | None:
-    """Whether INT8 of the unmodified model is faster than FP32 here, from the interleaved finals when both were
-    re-timed, else from the quick screen; with the CPU's model and the features that decide it."""
-    if base is None or int8 is None:
-        return None
-    if base.final and int8.final and int8.final.get("ratio_to_fp32") is not None:
-        ratio, how = float(int8.final["ratio_to_fp32"]), "interleaved finals"
-    elif base.quick_value and int8.quick_value:
-        ratio, how = int8.quick_value / base.quick_value, "quick screen"
-    else:
-        return None
+def _cpu_text(s: Search) -> tuple[str, dict[str, Any]]:
     flags = {f: v for f, v in (s.ctx.cpu.get("flags") or {}).items() if f in SPEED_FLAGS}
-    cpu = f"{s.ctx.cpu.get('model') or 'unknown CPU'} (" + ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in flags.items()) + ")"
-    pays = ratio < 1.0
-    if pays:
-        text = f"INT8 pays here: {int8.candidate} runs at ×{ratio:.2f} of FP32 p50 ({how}) on {cpu}"
+    text = f"{s.ctx.cpu.get('model') or 'unknown CPU'} (" + ", ".join(
+        f"{f} {'yes' if v else 'no'}" for f, v in flags.items()) + ")"
+    return text, flags
+
+
+def _int8_verdict(s: Search, timed: list[Trial], winner: Trial | None) -> dict[str, Any] | None:
+    """Whether INT8 of the unmodified model is measurably faster than its best float precision here
+    (``decision.int8_verdict``), with the CPU's model and the features that decide it."""
+    v = decision.int8_verdict(timed)
+    if v is None:
+        return None
+    cpu, flags = _cpu_text(s)
+    ref = v["against_precision"].upper()
+    shown = f"×{v['ratio']:.2f} [{v['ratio_ci95'][0]:.2f}, {v['ratio_ci95'][1]:.2f}]"
+    where = f"at batch {s.ctx.batch} ({v['how']}) on {cpu}"
+    if v["verdict"] == "pays":
+        text = f"INT8 pays here: {v['best']} runs at {shown} of {ref} p50 ({v['against']}) {where}"
     else:
-        kept = "FP32 kept" if winner is None or winner.precision != "int8" else "an INT8 artifact still won"
-        text = (f"INT8 does not pay here: the fastest INT8 ({int8.candidate}) runs at ×{ratio:.2f} of FP32 p50 "
-                f"at batch {s.ctx.batch} ({how}) on {cpu}; {kept}")
-    return {"best": int8.candidate, "ratio_to_fp32": ratio, "how": how, "pays": pays, "cpu": s.ctx.cpu.get("model"),
+        kept = "an INT8 artifact still won" if winner is not None and winner.precision == "int8" else (
+            f"{winner.candidate}/{winner.precision} kept" if winner is not None else "no winner")
+        head = ("INT8 is not measurably faster than " if v["verdict"] == "tie" else "INT8 is slower than ")
+        text = f"{head}{ref} on this CPU: {shown} of {ref} p50 ({v['best']} against {v['against']}) {where}; {kept}"
+    return {**v, "ratio_to_fp32": v["ratio"] if v["against_precision"] == "fp32" else None, "cpu": s.ctx.cpu.get("model"),
             "flags": flags, "statement": text}
 
 

@@ -120,8 +120,8 @@ def shared_data(evalset: EvalSet, isolate: bool) -> Iterator[Any]:
 
 
 def interleave(entries: Sequence[tuple[Artifact, DeviceProfile | None]], *, batch: int, threads: int | None,
-               timing: TimingConfig, rounds: int, pool: np.ndarray) -> list[list[float]]:
-    """p50 (ms) of each artifact per round, all loaded at once and timed in turn (A B C A B C …)."""
+               timing: TimingConfig, rounds: int, pool: np.ndarray) -> list[list[LatencyStats]]:
+    """Each artifact's latency per round, all loaded at once and timed in turn (A B C A B C …)."""
     from modelport.benchmark.timing import measure
 
     with contextlib.ExitStack() as stack:
@@ -129,19 +129,25 @@ def interleave(entries: Sequence[tuple[Artifact, DeviceProfile | None]], *, batc
         for art, profile in entries:
             session = stack.enter_context(loaded(art, profile, threads))
             runs.append((session.bind(_feed(art, pool, batch)), getattr(session, "synchronize", None)))
-        out: list[list[float]] = [[] for _ in entries]
+        out: list[list[LatencyStats]] = [[] for _ in entries]
         for _ in range(rounds):
             for i, (run, sync) in enumerate(runs):
-                out[i].append(measure(run, timing, sync=sync).p50)
+                out[i].append(measure(run, timing, sync=sync))
         return out
 
 
-def summarise_rounds(p50s: Sequence[float], base: Sequence[float] | None) -> dict[str, Any]:
-    """Median p50 over rounds, its range, and the median of per-round ratios to the baseline's p50."""
+def summarise_rounds(stats: Sequence[LatencyStats | float], base: Sequence[LatencyStats | float] | None) -> dict[str, Any]:
+    """Median p50 over rounds, its range, every round's p50 and 95 % median interval, and the median of per-round
+    ratios to the baseline's p50 (the rounds are what ``decision.time_ratio`` compares)."""
+    p50s = [s if isinstance(s, int | float) else s.p50 for s in stats]
     rec: dict[str, Any] = {"p50_ms": statistics.median(p50s), "range_ms": [min(p50s), max(p50s)],
                            "rounds_ms": [round(x, 5) for x in p50s]}
+    cis = [None if isinstance(s, int | float) else s.median_ci95 for s in stats]
+    if all(c is not None for c in cis):
+        rec["rounds_ci95"] = [[round(lo, 5), round(hi, 5)] for lo, hi in cis]  # type: ignore[misc]
     if base:
-        rec["ratio_to_fp32"] = statistics.median(a / b for a, b in zip(p50s, base, strict=True) if b > 0)
+        b50 = [b if isinstance(b, int | float) else b.p50 for b in base]
+        rec["ratio_to_fp32"] = statistics.median(a / b for a, b in zip(p50s, b50, strict=True) if b > 0)
     return rec
 
 

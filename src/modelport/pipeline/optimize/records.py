@@ -97,6 +97,11 @@ class ProfileOutcome:
     single_method: dict[str, Any] | None = None  # the best one-step candidate within the budget, and the winner vs it
     pack_command: str | None = None
     folder: str | None = None
+    decided_on: str = ""  # which one set of measurements front, winner and INT8 verdict came from
+    search_front: list[str] = field(default_factory=list)  # the front of the search phase (it chose the finalists)
+    ties: list[dict[str, Any]] = field(default_factory=list)  # candidates tied with the winner, ratio to it
+    tie_rule: str = ""
+    tie_statement: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(asdict(self))

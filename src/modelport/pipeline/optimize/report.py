@@ -71,7 +71,10 @@ def markdown(result: OptimizeResult) -> str:
         md += [f"## {name} ({o.runtime}, {o.device})", ""]
         if o.winner:
             md += [f"**Winner: {o.winner['candidate']}/{o.winner['precision']}** — {o.winner['recipe']}", "",
-                   f"Why: {o.why}.", "", f"Artifact folder: `{o.folder}`; ship it with `{o.pack_command}`", ""]
+                   f"Why: {o.why}.", ""]
+            if o.tie_statement:
+                md += [f"**Tie broken:** {o.tie_statement}.", ""]
+            md += [f"Artifact folder: `{o.folder}`; ship it with `{o.pack_command}`", ""]
         else:
             md += ["**No candidate within the accuracy budget.**", ""]
         if o.int8:
@@ -80,7 +83,9 @@ def markdown(result: OptimizeResult) -> str:
             md += [f"Best single method within the budget: {_versus_single(o.single_method, a['objective'])}.", ""]
         if o.eager:
             md += [f"Against the FP32 model in eager PyTorch: {_versus_eager(o.eager)}.", ""]
-        md += ["Pareto front (accuracy × " + result.arguments["objective"] + "; final = interleaved re-timing):", ""]
+        basis = f"decided on the {o.decided_on}" if o.decided_on else "final = interleaved re-timing"
+        searched = f"; the search front that chose the finalists: {', '.join(o.search_front)}" if o.search_front else ""
+        md += ["Pareto front (accuracy × " + result.arguments["objective"] + f"; {basis}, ties counted{searched}):", ""]
         md += _md_table(FRONT_HEADERS, [_point_row(p, a["objective"]) for p in o.front]) + [""]
     show = _shower(a["objective"])
     md += ["## Every candidate", "", ("Fates: measured (fully benchmarked), rejected (early: why), failed, skipped "
@@ -146,6 +151,8 @@ def render_optimize(result: OptimizeResult, console: Console) -> None:
         if o.winner:
             console.print(f"[bold green]winner[/bold green] {escape(o.winner['candidate'])}/{o.winner['precision']}: "
                           f"{escape(o.why)}")
+            if o.tie_statement:
+                console.print(f"  [yellow]tie:[/yellow] {escape(o.tie_statement)}")
             console.print(f"  {escape(str(o.folder))}\n  ship it:  {escape(str(o.pack_command))}")
         else:
             console.print("[yellow]no candidate within the accuracy budget[/yellow]")
