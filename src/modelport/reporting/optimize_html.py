@@ -72,30 +72,54 @@ def _dict(x: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ fronts and figures
 
 
+def _x(t: dict[str, Any], field: str) -> float | None:
+    """The panel's figure for a trial: for latency the interleaved final p50 where the finalist was re-timed (the
+    measurements optimize decided on), else the full measurement's."""
+    if field == "p50_ms":
+        final = num(_dict(t.get("final")).get("p50_ms"))
+        if final is not None:
+            return final
+    return num(t.get(field))
+
+
 def panel_points(trials: list[dict[str, Any]], field: str, scale: float) -> list[tuple[int, float, float]]:
     """(index into trials, x, accuracy %) of every measured trial with a finite accuracy and ``field``."""
     out = []
     for i, t in enumerate(trials):
-        x, acc = num(t.get(field)), num(t.get("accuracy"))
+        x, acc = _x(t, field), num(t.get("accuracy"))
         if t.get("fate") == "measured" and x is not None and acc is not None:
             out.append((i, x * scale, acc * 100))
     return out
 
 
-def fronts(trials: list[dict[str, Any]]) -> dict[str, set[int]]:
-    """Per panel (latency, size): the indices of the trials on its Pareto front (``html.pareto_front``)."""
+def fronts(trials: list[dict[str, Any]], decided: dict[str, set[tuple[Any, Any]]] | None = None) -> dict[str, set[int]]:
+    """Per panel (latency, size): the indices of the trials on its Pareto front. A panel named in ``decided`` (the
+    objective's, with the front optimize reported: ties counted, from one set of measurements) takes that front, so
+    the page never contradicts ``optimize.json``; the other panel's is geometric (``html.pareto_front``)."""
     out = {}
     for key, field, _, scale in PANELS:
         pts = panel_points(trials, field, scale)
-        out[key] = {pts[k][0] for k in pareto_front([(x, a) for _, x, a in pts])}
+        if decided and key in decided:
+            out[key] = {i for i, _, _ in pts if (trials[i].get("candidate"), trials[i].get("precision")) in decided[key]}
+        else:
+            out[key] = {pts[k][0] for k in pareto_front([(x, a) for _, x, a in pts])}
     return out
 
 
+def decided_front(o: dict[str, Any], objective: Any) -> dict[str, set[tuple[Any, Any]]]:
+    """The reported front of one profile's outcome, keyed by the panel of the objective."""
+    members = {(p.get("candidate"), p.get("precision")) for p in _dicts(o.get("front"))}
+    if not members:
+        return {}
+    return {"size" if objective == "size" else "latency": members}
+
+
 def front_panel(ax: Axes, points: list[tuple[float, float]], labels: list[str], winner: int | None,
-                floor: float | None, xlabel: str, title: str) -> list[int]:
+                floor: float | None, xlabel: str, title: str, front: list[int] | None = None) -> list[int]:
     """One panel: front points solid and joined (gid ``front``), dominated ones faded (gid ``dominated``), the
-    winner starred (gid ``winner``), the accuracy floor dashed; returns the front's indices into ``points``."""
-    front = pareto_front(points)
+    winner starred (gid ``winner``), the accuracy floor dashed; returns the front's indices into ``points``.
+    ``front``: the members as decided (default: the geometric front of ``points``)."""
+    front = pareto_front(points) if front is None else sorted(front, key=lambda i: points[i][0])
     dominated = [i for i in range(len(points)) if i not in front]
     if dominated:
         ax.scatter([points[i][0] for i in dominated], [points[i][1] for i in dominated], s=30, color=_FADED_COLOUR,
@@ -124,7 +148,7 @@ def front_panel(ax: Axes, points: list[tuple[float, float]], labels: list[str], 
 
 
 def _profile_figure(name: str, trials: list[dict[str, Any]], winner: int | None, floor: float | None,
-                    batch: Any) -> str | None:
+                    batch: Any, on: dict[str, set[int]] | None = None) -> str | None:
     """Both panels for one profile as a PNG (base64); None when no trial was measured with an accuracy."""
     panels = [(key, panel_points(trials, field, scale), label) for key, field, label, scale in PANELS]
     panels = [p for p in panels if p[1]]
@@ -136,8 +160,10 @@ def _profile_figure(name: str, trials: list[dict[str, Any]], winner: int | None,
     for ax, (key, pts, label) in zip(axes, panels, strict=True):
         where = [i for i, _, _ in pts]
         xlabel = label + (f", batch {b:g}" if key == "latency" and b is not None else "")
+        members = None if on is None or key not in on else [where.index(i) for i in on[key] if i in where]
         front_panel(ax, [(x, a) for _, x, a in pts], [_name(trials[i]) for i in where],
-                    where.index(winner) if winner in where else None, floor, xlabel, f"{name}: accuracy × {key}")
+                    where.index(winner) if winner in where else None, floor, xlabel, f"{name}: accuracy × {key}",
+                    front=members)
     return _png(fig)
 
 
@@ -215,8 +241,8 @@ def _profile_section(name: str, o: dict[str, Any], trials: list[dict[str, Any]],
     winner = _winner_index(trials, _dict(o.get("winner")))
     budget, base = num(args.get("max_drop")), num(baseline.get("accuracy"))
     floor = base * 100 - budget if base is not None and budget is not None else None
-    png = _profile_figure(name, trials, winner, floor, args.get("batch"))
-    on = fronts(trials)
+    on = fronts(trials, decided_front(o, args.get("objective")))
+    png = _profile_figure(name, trials, winner, floor, args.get("batch"), on)
     anchor = re.sub(r"[^A-Za-z0-9_-]+", "-", name)
     heading = (f'<section class="profile" id="profile-{_e(anchor)}"><h2>{_e(name)} '
                f'({_e(_s(o.get("runtime")))}, {_e(_s(o.get("device")))})</h2>')
@@ -228,9 +254,12 @@ def _profile_section(name: str, o: dict[str, Any], trials: list[dict[str, Any]],
         parts.append('<p class="missing">No candidate was measured with an accuracy: nothing to plot.</p>')
     else:
         parts.append(f'<figure><img class="plot" alt="{_e(name)}: Pareto fronts" src="data:image/png;base64,{png}">'
-                     "<figcaption>Each point is a fully measured candidate. Red, joined: the Pareto front (nothing "
-                     "is both better on the axis and more accurate); grey, faded: dominated candidates; star: the "
-                     "chosen artifact; dotted: the accuracy floor (baseline − budget).</figcaption></figure>")
+                     "<figcaption>Each point is a fully measured candidate; latency is the interleaved final p50 where "
+                     "the candidate was re-timed as a finalist, else its full measurement. Red, joined: the Pareto "
+                     "front (on the objective's panel the front optimize decided, ties counted: nothing is both "
+                     "measurably better on the axis and at least as accurate); grey, faded: dominated candidates; "
+                     "star: the chosen artifact; dotted: the accuracy floor (baseline − budget).</figcaption>"
+                     "</figure>")
     head = "".join(f"<th>{_e(h)}</th>" for h in CANDIDATE_HEADERS)
     plotted = {i for _, field, _, scale in PANELS for i, _, _ in panel_points(trials, field, scale)}
     rows = "".join(_row(i, t, on, plotted, winner) for i, t in enumerate(trials))
