@@ -423,3 +423,20 @@ def test_every_committed_optimize_result_has_its_winner_on_its_front() -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
         for name, outcome in data["profiles"].items():
             assert check_winner_on_front(outcome) is None, f"{path.name} {name}: {check_winner_on_front(outcome)}"
+
+
+def test_every_committed_optimize_answer_follows_from_its_own_recorded_figures() -> None:
+    """The decision re-taken on a committed result's recorded trials and finals gives the same front and winner."""
+    import importlib.util
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("redecide_optimize", root / "benchmarks" / "redecide_optimize.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for path in sorted((root / "benchmarks" / "results").glob("optimize_*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        again = module.redecide(data)
+        for name, outcome in data["profiles"].items():
+            assert _names(again["profiles"][name]["front"]) == _names(outcome["front"]), (path.name, name)
+            assert _names([again["profiles"][name]["winner"]]) == _names([outcome["winner"]]), (path.name, name)
