@@ -248,3 +248,23 @@ def test_bench_rows_of_npu_gpu_artifacts_checked_on_cpu_say_so(linear_ir: Path) 
     on_cpu = on_cpu.replace(details={"validation": {"device": "CPU"}})
     assert not functional_check_only(on_cpu)
     assert VALIDATED_ON_CPU not in ArtifactResult.for_artifact(on_cpu, runtime="openvino", device="CPU").notes
+
+
+def test_a_speed_note_says_tie_when_the_intervals_overlap_and_nothing_when_measurably_faster() -> None:
+    """Recorded samples, not live timings: the note must not depend on which precision happens to be ahead."""
+    import numpy as np
+
+    from modelport.benchmark.timing import LatencyStats
+    from modelport.reporting.report import _speed_note
+
+    rng = np.random.default_rng(0)
+
+    def stats(ms: float, spread: float) -> LatencyStats:
+        return LatencyStats.from_samples_ns((rng.normal(ms, spread, 200).clip(0.01) * 1e6).astype(np.int64))
+
+    fp32 = stats(1.0, 0.2)
+    tie = _speed_note(stats(0.98, 0.2), fp32)  # 2 % ahead, well inside the noise
+    assert tie is not None and tie.startswith("not measurably faster than fp32 (x0.9"), tie
+    assert _speed_note(stats(0.5, 0.05), fp32) is None  # measurably faster: nothing to say
+    slow = _speed_note(stats(1.5, 0.05), fp32)
+    assert slow is not None and slow.startswith("not faster than fp32 (x1.5"), slow

@@ -656,7 +656,8 @@ def _row(arch: str, variant: str, summary: str, profile: str, folder: str, r: "A
          counts: tuple[int, int] | None) -> SweepRow:
     lat_b = (1 if 1 in r.latency else min(r.latency)) if r.latency else None
     thr_b = max(r.throughput) if r.throughput else None
-    notes = [n for n in r.notes if not n.startswith(("not faster than fp32", "not smaller than fp32"))]
+    notes = [n for n in r.notes if not n.startswith(("not faster than fp32", "not measurably faster than fp32",
+                                                   "not smaller than fp32"))]
     return SweepRow(
         model=arch, variant=variant, recipe=summary, profile=profile, runtime=r.runtime, device=r.device,
         precision=r.precision, status=r.status, folder=folder,

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["DASH", "HEADERS", "VALIDATED_ON_CPU", "render_conversion", "render_table", "row_cells", "warnings_for",
            "write_csv", "write_markdown"]
 _NOT_FASTER = "not faster than fp32"
+_NOT_MEASURABLY_FASTER = "not measurably faster than fp32"
 _NOT_SMALLER = "not smaller than fp32"
 
 
@@ -58,10 +59,12 @@ def warnings_for(results: BenchResults) -> None:
     """Note on each compressed row (fp16/int8) that is not smaller or not faster than the FP32 row of its profile.
 
     Compares rows of the same profile, runtime and device, speed as p50 at the same batch (batch 1 when both have
-    it). Idempotent: notes from an earlier call are replaced.
+    it), with the interval of the ratio from both medians' 95 % intervals: a row whose interval reaches 1 is "not
+    measurably faster" (a tie: which one is ahead is noise on this machine), one wholly above 1 "not faster".
+    Idempotent: notes from an earlier call are replaced.
     """
     for row in results.rows:
-        row.notes = [n for n in row.notes if not n.startswith((_NOT_FASTER, _NOT_SMALLER))]
+        row.notes = [n for n in row.notes if not n.startswith((_NOT_FASTER, _NOT_MEASURABLY_FASTER, _NOT_SMALLER))]
     for row in results.rows:
         if not row.ok or row.precision == "fp32" or row.profile is None:
             continue
@@ -80,10 +83,23 @@ def warnings_for(results: BenchResults) -> None:
         common = sorted(set(row.latency) & set(sibling.latency))
         if common:
             b = 1 if 1 in common else common[0]
-            mine, theirs = row.latency[b].p50, sibling.latency[b].p50
-            if theirs > 0 and mine >= theirs:
-                suffix = "" if b == 1 else f" at batch {b}"
-                row.add_note(f"{_NOT_FASTER} (x{mine / theirs:.2f}{suffix})")
+            note = _speed_note(row.latency[b], sibling.latency[b])
+            if note:
+                row.add_note(note + ("" if b == 1 else f" at batch {b}") + ")")
+
+
+def _speed_note(mine: Any, theirs: Any) -> str | None:
+    """``not faster than fp32 (x1.10 [1.04, 1.17]`` (unclosed), ``not measurably faster …``, or None (faster)."""
+    if theirs.p50 <= 0:
+        return None
+    ratio = mine.p50 / theirs.p50
+    (a_lo, a_hi), (b_lo, b_hi) = mine.median_ci95, theirs.median_ci95
+    low = min(ratio, a_lo / b_hi) if b_hi > 0 else ratio
+    high = max(ratio, a_hi / b_lo) if b_lo > 0 else ratio
+    if high < 1.0:
+        return None
+    head = _NOT_FASTER if low > 1.0 or (low == high == ratio and ratio >= 1.0) else _NOT_MEASURABLY_FASTER
+    return f"{head} (x{ratio:.2f} [{low:.2f}, {high:.2f}]"
 
 
 # ---------------------------------------------------------------- cells
