@@ -267,4 +267,4 @@ def test_a_speed_note_says_tie_when_the_intervals_overlap_and_nothing_when_measu
     assert tie is not None and tie.startswith("not measurably faster than fp32 (x0.9"), tie
     assert _speed_note(stats(0.5, 0.05), fp32) is None  # measurably faster: nothing to say
     slow = _speed_note(stats(1.5, 0.05), fp32)
-    assert slow is not None and slow.startswith("not faster than fp32 (x1.5"), slow
+    assert slow is not None and slow.startswith("not faster than fp32 (x1.") and "[1.4" in slow, slow
