@@ -819,6 +819,12 @@ def doctor() -> None:
     from modelport.pipeline.doctor import machine_report
 
     report = machine_report()
+    if report.cpu is not None:
+        c = report.cpu
+        via = " (flags from MODELPORT_CPU_FLAGS)" if c.source == "MODELPORT_CPU_FLAGS" else ""
+        console.print(f"CPU: {safe_text(c.model)}{via}; INT8 class: {c.int8_class}; BF16 units: "
+                      f"{'yes' if c.bf16_units else 'no'}\n  INT8 defaults for profiles that target this CPU: "
+                      f"ONNX Runtime {c.ort_int8}; OpenVINO (NNCF) {c.openvino_int8}")
     table = Table(title="runtimes on this machine")
     for col in ("runtime", "available", "devices", "detail"):
         table.add_column(col)

@@ -26,9 +26,37 @@ class ProfileFact:
 
 
 @dataclass(frozen=True)
+class CpuFact:
+    """The CPU as modelport's INT8 decisions see it, and what those decisions are for a profile targeting it."""
+
+    model: str
+    int8_class: str  # "AVX2 without VNNI" | "VNNI" | "AMX" | …
+    source: str  # /proc/cpuinfo or MODELPORT_CPU_FLAGS
+    bf16_units: bool  # avx512_bf16 or amx_bf16: OpenVINO runs un-pinned float layers at bf16
+    ort_int8: str  # ONNX Runtime INT8 defaults for a profile that targets this CPU
+    openvino_int8: str  # NNCF's overflow fix default
+
+
+def cpu_fact() -> CpuFact:
+    """This machine's CPU (``MODELPORT_CPU_FLAGS`` honoured, as every decision does) and its INT8 defaults."""
+    from modelport.core.cpu import cpu_info
+
+    cpu = cpu_info()
+    if cpu.vnni:
+        ort = "QDQ with 8-bit weights (VNNI/AMX accumulate in 32 bits: no u8s8 saturation)"
+        ov = "overflow_fix first_layer_only"
+    else:
+        ort = "QOperator with reduce_range (7-bit weights: u8s8 kernels without VNNI saturate on 8-bit ones)"
+        ov = "overflow_fix enable (7-bit weights)"
+    return CpuFact(model=cpu.model or "unknown CPU", int8_class=cpu.int8_class, source=cpu.source,
+                   bf16_units=bool(cpu.flags & {"avx512_bf16", "amx_bf16"}), ort_int8=ort, openvino_int8=ov)
+
+
+@dataclass(frozen=True)
 class MachineReport:
     runtimes: tuple[RuntimeFact, ...]
     profiles: tuple[ProfileFact, ...]
+    cpu: CpuFact | None = None
 
     def runnable_profiles(self) -> list[str]:
         return [p.name for p in self.profiles if p.runnable]
@@ -52,4 +80,4 @@ def machine_report() -> MachineReport:
         profiles.append(
             ProfileFact(prof.name, prof.runtime, prof.device, tuple(str(p) for p in prof.precisions), ok, "" if ok else why)
         )
-    return MachineReport(tuple(facts), tuple(profiles))
+    return MachineReport(tuple(facts), tuple(profiles), cpu_fact())
