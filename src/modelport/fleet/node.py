@@ -42,12 +42,13 @@ def advertised_resources(profiles: list[str] | None = None) -> dict[str, float]:
     return res
 
 
-def machine_facts() -> dict[str, Any]:
-    """What a result row records about the machine that measured it (cheap: no runtime is imported)."""
+def machine_facts(cpu: Any = None) -> dict[str, Any]:
+    """What a result row records about the machine that measured it (cheap: no runtime is imported): the
+    hardware's own CPU flags (``cpu``: a ``CpuInfo``, default this machine's, never the decisions' override)."""
     from modelport.core.cpu import cpu_info
     from modelport.core.versions import installed_version
 
-    cpu = cpu_info(override=False)
+    cpu = cpu if cpu is not None else cpu_info(override=False)
     return {
         "hostname": socket.gethostname(),
         "cpu_model": cpu.model or None,
