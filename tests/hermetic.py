@@ -30,6 +30,7 @@ class HermeticState:
     root: Path
     saved_env: dict[str, str]
     saved_cwd: str
+    installed_env: dict[str, str]  # what the session started with; Ray adds variables of its own later (RAY_CLIENT_MODE)
     keep: bool = False  # a failed session keeps the folder (logs of Ray nodes, staged outputs) and says where
 
 
@@ -52,8 +53,8 @@ def enter_hermetic() -> HermeticState:
     # A short path under the system temp folder: Ray's unix sockets live under RAY_TMPDIR and a socket path may not
     # exceed 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="mp-test-", dir="/tmp" if Path("/tmp").is_dir() else None))
-    state = HermeticState(root=root, saved_env=dict(os.environ), saved_cwd=os.getcwd())
     env = hermetic_environment(root, dict(os.environ))
+    state = HermeticState(root=root, saved_env=dict(os.environ), saved_cwd=os.getcwd(), installed_env=dict(env))
     for name in ("HOME", *XDG, "MODELPORT_HOME", "TMPDIR"):
         Path(env[name]).mkdir(parents=True, exist_ok=True)
     (root / "cwd").mkdir()
