@@ -53,7 +53,8 @@ def _rows(result) -> dict[str, Artifact]:
 
 def test_profiles_are_registered_but_left_out_of_all() -> None:
     cpu, cuda = get_profile("cpu-aoti"), get_profile("cuda-aoti")
-    assert (cpu.runtime, cpu.format, cpu.device, cpu.precisions) == ("aoti", Format.AOTI_PACKAGE, "CPU", (Precision.FP32,))
+    assert (cpu.runtime, cpu.format, cpu.device, cpu.precisions) == ("aoti", Format.AOTI_PACKAGE, "CPU",
+                                                                       (Precision.FP32, Precision.BF16))
     assert (cuda.runtime, cuda.device, cuda.precisions) == ("aoti", "cuda", (Precision.FP32, Precision.FP16))
     assert cpu.options["max_batch"] == 256
     names = [p.name for p in parse_profile_list("all")]

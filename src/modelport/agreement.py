@@ -19,9 +19,25 @@ deep models wherever an element happens to be small: a randomly initialised ResN
   and remains sufficient on its own, so nothing it accepted before is rejected now.
 
 A genuinely wrong export (a wrong weight, a missing bias, a layer traced in the wrong mode, a baked-in shape) is
-off by far more than 1e-4 of the output's scale and fails. FP16: cosine ≥ 0.999. INT8: the task metric's drop
+off by far more than 1e-4 of the output's scale and fails. FP16: cosine ≥ 0.999. BF16 (below). INT8: the task metric's drop
 and top-1 agreement with the reference for class scores, cosine ≥ 0.99 for other outputs. NaN/Inf outputs, or a
 constant output where the reference varies, make an artifact invalid whatever the precision.
+
+BF16: bfloat16 keeps 8 significant bits (unit roundoff u = 2⁻⁸ ≈ 0.0039, about 2.4 decimal digits), so the FP32
+rule cannot apply, and FP16's 11 bits are a tighter class. Like FP32 the bound follows the output's scale, since
+the rounding of every layer's sums is relative to the magnitude of what was summed:
+
+* ``max|Δ| ≤ BF16_MAX_SCALED_DIFF · max|ref|`` with ``BF16_MAX_SCALED_DIFF = 2⁻⁴`` (16 × bf16's unit roundoff u,
+  of the output's scale: the rounding of a deep network's chain, measured here at 0.001–0.009 of the scale on a trained CNN,
+  resnet18 and mobilenet_v3_small run at bf16 by OpenVINO; a wrong layer is far beyond it), **and**
+* ``cosine ≥ BF16_MIN_COSINE`` (0.995, the class of threshold OpenVINO's own output validation uses for
+  FP16/bf16 outputs; measured ≥ 0.99997 on the same models).
+
+Top-1 agreement is reported for class scores but not required: near-tied logits of an untrained model may swap
+under any rounding, and the scaled bound already catches a swap caused by a real error.
+
+An FP32 artifact whose weights were stored as FP16 (``weights_fp16``) carries FP16 rounding in every weight, so it
+is judged by the FP16 rule (``judged_precision``); a bf16 one keeps the bf16 rule, which is looser.
 """
 
 from __future__ import annotations
@@ -38,6 +54,8 @@ FP32_ATOL = 1e-5
 FP32_MAX_SCALED_DIFF = 1e-4  # max |Δ| as a fraction of max |reference| of the same output
 FP32_MIN_COSINE = 0.99999
 FP16_MIN_COSINE = 0.999
+BF16_MAX_SCALED_DIFF = 2.0**-4  # max |Δ| as a fraction of max |reference|: 16 u (u = 2⁻⁸)
+BF16_MIN_COSINE = 0.995
 INT8_MIN_TOP1_AGREEMENT = 0.95
 INT8_MAX_ACCURACY_DROP = 0.02  # in fraction of the eval set (2 points)
 INT8_MIN_COSINE = 0.99  # outputs without class scores
@@ -176,6 +194,8 @@ def judge(precision: Precision, agreement: Agreement, accuracy_drop: float | Non
         if agreement.cosine < FP16_MIN_COSINE:
             return f"cosine similarity {agreement.cosine:.5f} < {FP16_MIN_COSINE}"
         return None
+    if precision is Precision.BF16:
+        return _judge_bf16(agreement)
     # INT8: task metric first, then agreement with the reference
     if accuracy_drop is not None and accuracy_drop > INT8_MAX_ACCURACY_DROP:
         return f"accuracy drop {accuracy_drop * 100:.2f} points > {INT8_MAX_ACCURACY_DROP * 100:.1f}"
@@ -184,6 +204,30 @@ def judge(precision: Precision, agreement: Agreement, accuracy_drop: float | Non
     if agreement.top1_agreement is None and agreement.cosine < INT8_MIN_COSINE:
         return f"cosine similarity {agreement.cosine:.4f} < {INT8_MIN_COSINE}"
     return None
+
+
+def within_bf16(agreement: Agreement) -> bool:
+    """The BF16 rule (module docstring): small against the output's scale, and the same direction."""
+    small = agreement.max_abs_diff <= max(BF16_MAX_SCALED_DIFF * agreement.scale, FP32_ATOL)
+    return small and agreement.cosine >= BF16_MIN_COSINE
+
+
+def _judge_bf16(agreement: Agreement) -> str | None:
+    if agreement.max_abs_diff > max(BF16_MAX_SCALED_DIFF * agreement.scale, FP32_ATOL):
+        return (f"differs from PyTorch beyond bf16 rounding: max abs diff {agreement.max_abs_diff:.3g} = "
+                f"{agreement.scaled_max_abs_diff:.3g} × the output's scale (max |reference| {agreement.scale:.3g}; "
+                f"limit {BF16_MAX_SCALED_DIFF:g})")
+    if agreement.cosine < BF16_MIN_COSINE:
+        return f"cosine similarity {agreement.cosine:.5f} < {BF16_MIN_COSINE}"
+    return None
+
+
+def judged_precision(precision: Precision, details: Mapping[str, object] | None = None) -> Precision:
+    """The rule an artifact is judged by: its precision, except that an FP32 artifact with FP16-stored weights
+    (``details['weights_fp16']``) carries FP16 rounding and takes the FP16 rule."""
+    if precision is Precision.FP32 and details and details.get("weights_fp16") is True:
+        return Precision.FP16
+    return precision
 
 
 def judge_outputs(

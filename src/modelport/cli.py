@@ -186,7 +186,7 @@ def convert_cmd(
         "another model needs one that fits it, or --calibration-data/--validation-data).")] = None,
     dataset_root: Annotated[Path | None, typer.Option(help="Folder of a local dataset (mnist, cifar10, imagefolder).")] = None,
     profiles: Annotated[str | None, typer.Option(help=_PROFILES_HELP)] = None,
-    precisions: Annotated[str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (default: each profile's own).")] = None,
+    precisions: Annotated[str | None, typer.Option(help="Comma-separated: fp32,fp16,bf16,int8 (default: each profile's own).")] = None,
     num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: read from the checkpoint).")] = None,
     in_channels: Annotated[int | None, typer.Option(min=1)] = None,
     image_size: Annotated[int | None, typer.Option(min=8)] = None,
@@ -214,6 +214,9 @@ def convert_cmd(
     max_train_seconds: Annotated[
         float | None, typer.Option(min=0.1, callback=_finite, help="Cap on each recipe step's fine-tuning, in seconds.")
     ] = None,
+    weights_fp16: Annotated[bool, typer.Option(
+        "--weights-fp16", help="Store FP32/bf16 OpenVINO IR weights as FP16 (half the size, same compute "
+        "precision; an fp32 IR with FP16 weights is judged by the FP16 rule).")] = False,
 ) -> None:
     """Export a checkpoint to ONNX (validated against PyTorch) and lower it for each device profile.
 
@@ -252,6 +255,7 @@ def convert_cmd(
             recipe=recipe,
             compression_seconds=max_train_seconds,
             int8_mode=int8_mode,
+            weights_fp16=weights_fp16,
             progress=steps,
         )
     _print_conversion(result)
@@ -825,6 +829,8 @@ def doctor() -> None:
         console.print(f"CPU: {safe_text(c.model)}{via}; INT8 class: {c.int8_class}; BF16 units: "
                       f"{'yes' if c.bf16_units else 'no'}\n  INT8 defaults for profiles that target this CPU: "
                       f"ONNX Runtime {c.ort_int8}; OpenVINO (NNCF) {c.openvino_int8}")
+        if c.bf16:
+            console.print(f"  {safe_text(c.bf16)}")
     table = Table(title="runtimes on this machine")
     for col in ("runtime", "available", "devices", "detail"):
         table.add_column(col)

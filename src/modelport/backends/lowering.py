@@ -18,7 +18,8 @@ The step's dict (JSON, recorded in the manifest as is)::
 
     {"step": "quantize",          # the step that made it: "quantize" or "quantize-accuracy"
      "precision": "int8",         # the precision the settings are for: "int8" or "fp16"
-     "quantization": {...}}       # only the settings the user gave, keys below
+     "quantization": {...},       # only the settings the user gave, keys below
+     "weights_fp16": true}        # optional (convert --weights-fp16): FP32/bf16 IR weights stored as FP16
 
 Quantization settings (``SETTINGS``; ``None``/absent: the profile's key, then the default):
 
@@ -93,7 +94,7 @@ ONNXRUNTIME_KEYS = frozenset(
 )
 ALL_KEYS = COMMON_KEYS | OPENVINO_KEYS | ONNXRUNTIME_KEYS
 SETTINGS = ALL_KEYS
-TOP_KEYS = frozenset({"step", "precision", "quantization"})
+TOP_KEYS = frozenset({"step", "precision", "quantization", "weights_fp16"})
 # settings that need calibration data; weight-only and dynamic quantization take none of them
 CALIBRATED_KEYS = ("calibrate_method", "subset_size", "preset", "fast_bias_correction", "model_type", "overflow_fix",
                    "quant_format", "activation_type")
@@ -137,6 +138,7 @@ class Lowering(Mapping[str, Any]):
     precision: str | None = None
     quantization: dict[str, Any] = field(default_factory=dict)
     validation: Feeds | None = None
+    weights_fp16: bool = False  # store FP32/bf16 weights as FP16 where the format can (OpenVINO IR)
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | Lowering | None, *, runtime: str = "",
@@ -144,7 +146,8 @@ class Lowering(Mapping[str, Any]):
         """Check the step's dict (unknown keys are ``ConversionError``s) and type it."""
         if isinstance(options, Lowering):
             return options if validation is None else Lowering(options.step, options.precision,
-                                                               dict(options.quantization), validation)
+                                                               dict(options.quantization), validation,
+                                                               options.weights_fp16)
         if not options:
             return cls(validation=validation)
         unknown = sorted(set(options) - TOP_KEYS)
@@ -164,7 +167,13 @@ class Lowering(Mapping[str, Any]):
                 fix=f"quantization settings are {', '.join(sorted(ALL_KEYS))}.",
             )
         precision = options.get("precision")
-        return cls(step, None if precision is None else str(precision), settings, validation)
+        weights_fp16 = options.get("weights_fp16", False)
+        if not isinstance(weights_fp16, bool):
+            raise ConversionError(
+                f"The lowering option weights_fp16 must be true or false, not {weights_fp16!r}.",
+                fix="pass weights_fp16=True (CLI: --weights-fp16) or leave it out.",
+            )
+        return cls(step, None if precision is None else str(precision), settings, validation, weights_fp16)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record (what the manifest keeps)."""
@@ -174,6 +183,8 @@ class Lowering(Mapping[str, Any]):
         if self.precision:
             out["precision"] = self.precision
         out["quantization"] = dict(self.quantization)
+        if self.weights_fp16:
+            out["weights_fp16"] = True
         return out
 
     def __getitem__(self, key: str) -> Any:
@@ -187,7 +198,7 @@ class Lowering(Mapping[str, Any]):
 
     def __bool__(self) -> bool:
         """Whether a step asked for anything (the validation feeds alone ask for nothing)."""
-        return bool(self.step or self.precision or self.quantization)
+        return bool(self.step or self.precision or self.quantization or self.weights_fp16)
 
 
 @dataclass
@@ -258,6 +269,15 @@ def with_int8_mode(lowering: Mapping[str, Any] | None, mode: str | None) -> dict
             fix="drop --int8-mode, or set the step's precision = 'int8'.",
         )
     return {**lowering, "quantization": {**settings, "mode": mode}}
+
+
+def with_weights_fp16(lowering: Mapping[str, Any] | None, weights_fp16: bool) -> dict[str, Any] | None:
+    """The lowering dict with ``weights_fp16`` (``convert --weights-fp16`` / ``weights_fp16=True``) added."""
+    if not isinstance(weights_fp16, bool):
+        raise InputError(f"weights_fp16 must be True or False, not {weights_fp16!r}.", fix="pass weights_fp16=True.")
+    if not weights_fp16:
+        return dict(lowering) if lowering else None
+    return {**(lowering or {}), "weights_fp16": True}
 
 
 # ------------------------------------------------------------------------------- resolved once, typed

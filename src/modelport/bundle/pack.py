@@ -275,6 +275,9 @@ def acceptance(precision: Precision) -> dict[str, Any]:
                     max_scaled_diff=agreement.FP32_MAX_SCALED_DIFF, min_cosine=agreement.FP32_MIN_COSINE)
     elif precision is Precision.FP16:
         rule.update(rule="cosine", min_cosine=agreement.FP16_MIN_COSINE)
+    elif precision is Precision.BF16:
+        rule.update(rule="scaled", max_scaled_diff=agreement.BF16_MAX_SCALED_DIFF, atol=agreement.FP32_ATOL,
+                    min_cosine=agreement.BF16_MIN_COSINE)
     else:
         rule.update(rule="top1", min_top1_agreement=agreement.INT8_MIN_TOP1_AGREEMENT,
                     max_accuracy_drop=agreement.INT8_MAX_ACCURACY_DROP)
@@ -291,7 +294,8 @@ def _record(art: Artifact, rel_main: Path, results: Any) -> dict[str, Any]:
     measured: dict[str, Any] = {
         "accuracy": validation.get("accuracy"),
         "accuracy_drop": validation.get("accuracy_drop"),
-        "agreement": {k: v for k, v in validation.items() if k not in {"accuracy", "accuracy_drop", "device", "samples"}},
+        "agreement": {k: v for k, v in validation.items()
+                      if k not in {"accuracy", "accuracy_drop", "device", "samples", "inference_precision"}},
         "validated_on": validation.get("device"),
         "validation_samples": validation.get("samples"),
         "latency_ms": None,
@@ -311,7 +315,7 @@ def _record(art: Artifact, rel_main: Path, results: Any) -> dict[str, Any]:
             "threads": row.threads,
         }
     rec["measured"] = measured
-    rec["acceptance"] = acceptance(art.precision)
+    rec["acceptance"] = acceptance(agreement.judged_precision(art.precision, art.details))
     return rec
 
 

@@ -171,7 +171,7 @@ def load_bundle_samples(manifest: BundleManifest) -> tuple[Any, np.ndarray, np.n
 def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, reference: np.ndarray,
           labels: np.ndarray | None, threads: int | None = None) -> tuple[bool, str]:
     """Run the bundled samples through ``art`` and judge the outputs like ``convert`` did."""
-    from modelport.agreement import judge_outputs
+    from modelport.agreement import judge_outputs, judged_precision
     from modelport.backends import get_runtime
     from modelport.data.samples import load_sample_outputs
     from modelport.evaluation import evaluate
@@ -187,7 +187,7 @@ def smoke(art: Artifact, manifest: BundleManifest, device: str, feeds: Any, refe
         ref_acc = top1_accuracy([reference], [labels])
         drop = None if ref_acc is None else ref_acc - result.accuracy
     agreement = result.agreement
-    verdict = judge_outputs(art.precision, result.per_output, drop)
+    verdict = judge_outputs(judged_precision(art.precision, art.details), result.per_output, drop)
     figures = f"max abs diff {agreement.max_abs_diff:.3g}, cosine {agreement.cosine:.6f}"
     if len(result.per_output) > 1:
         figures += f" (worst of {len(result.per_output)} outputs: {', '.join(result.per_output)})"

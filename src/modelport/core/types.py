@@ -19,6 +19,7 @@ from modelport.errors import ManifestError
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"  # bfloat16 compute (8-bit mantissa, FP32 range): CPUs with AVX512_BF16 or AMX-BF16 only
     INT8 = "int8"
 
 

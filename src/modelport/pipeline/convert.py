@@ -100,6 +100,7 @@ def convert(
     recipe: "Recipe | str | Path | None" = None,
     compression_seconds: float | None = None,
     int8_mode: str | None = None,
+    weights_fp16: bool = False,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Export ``model_or_path`` to ONNX (validated against PyTorch) and lower it for each profile and precision.
@@ -109,11 +110,11 @@ def convert(
     ``calibration_data``/``validation_data`` in any natural form (FP32 alone may use recorded random inputs).
     ``profiles`` default to what can run here (``ConversionResult.left_out`` says why not the rest); ``recipe``
     compresses first; ``int8_mode`` is ``static``, ``weight-only`` or ``dynamic``; ``dynamic_axes`` makes axes beyond
-    the batch dynamic (checked at two sizes). The caller's module is never changed. Everything is staged and moved
-    to ``out`` only when the run finishes. The README's ``convert`` section has every option.
+    the batch dynamic (checked at two sizes); ``weights_fp16``: FP16-stored OpenVINO IR weights. The caller's module
+    is never changed; everything is staged, moved to ``out`` when the run finishes. README ``convert``: every option.
     """
     say = progress or _quiet
-    choice, wanted, recipe_obj = _choose(profiles, precisions, recipe, int8_mode)
+    choice, wanted, recipe_obj = _choose(profiles, precisions, recipe, int8_mode, weights_fp16)
     out_path = Path(out)
     from modelport.core.outdir import check_out_dir
 
@@ -149,7 +150,8 @@ def convert(
             say(line)
         ref_accuracy = _accuracy(ref.reference, ref.plan.validation)
         skipped: list[str] = []
-        lowered = _lower_every_profile(ref, choice.profiles, wanted, ref_accuracy, int8_mode, stage, skipped, say)
+        lowered = _lower_every_profile(ref, choice.profiles, wanted, ref_accuracy, int8_mode, stage, skipped, say,
+                                       weights_fp16=weights_fp16)
         manifest = _write_outputs(ref, [*ref.artifacts, *lowered], ref_accuracy, stage, out_path)
     manifest.artifacts = [a.replace(path=out_path.absolute() / a.path.relative_to(stage)) for a in manifest.artifacts]
     return ConversionResult(out_dir=out_path.absolute(), manifest=manifest, skipped=skipped, left_out=choice.left_out)
@@ -171,10 +173,13 @@ class _References:
     export_precision: Precision = Precision.FP32
 
 
-def _choose(profiles: Any, precisions: Any, recipe: Any, int8_mode: str | None) -> tuple[Any, Any, Any]:
+def _choose(profiles: Any, precisions: Any, recipe: Any, int8_mode: str | None,
+            weights_fp16: bool = False) -> tuple[Any, Any, Any]:
     """Profiles (default: what runs here), precisions and recipe, all checked before any work."""
     from modelport.backends import profile_runnable
-    from modelport.backends.lowering import with_int8_mode
+    from modelport.backends.lowering import with_int8_mode, with_weights_fp16
+
+    with_weights_fp16(None, weights_fp16)  # a non-boolean is refused before the slow work
 
     choice = choose_profiles(profiles, profile_runnable)  # default: what can run here; "all" or names: those
     wanted = parse_precision_list(precisions)
@@ -254,11 +259,12 @@ def _from_torch(
 
 def _lower_every_profile(
     ref: _References, profile_list: list[Any], wanted: Any, ref_accuracy: float | None, int8_mode: str | None,
-    stage: Path, skipped: list[str], say: Progress,
+    stage: Path, skipped: list[str], say: Progress, *, weights_fp16: bool = False,
 ) -> list[Artifact]:
-    from modelport.backends.lowering import with_int8_mode
+    from modelport.backends.lowering import with_int8_mode, with_weights_fp16
 
     lowering = with_int8_mode(ref.compressed.lowering if ref.compressed is not None else None, int8_mode)
+    lowering = with_weights_fp16(lowering, weights_fp16)
     out = []
     for profile in profile_list:
         for precision in _precisions_for(profile, wanted, skipped):

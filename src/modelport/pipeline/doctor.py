@@ -35,6 +35,7 @@ class CpuFact:
     bf16_units: bool  # avx512_bf16 or amx_bf16: OpenVINO runs un-pinned float layers at bf16
     ort_int8: str  # ONNX Runtime INT8 defaults for a profile that targets this CPU
     openvino_int8: str  # NNCF's overflow fix default
+    bf16: str = ""  # the bf16 line: which profiles offer bf16 here and on which units, or why not
 
 
 def cpu_fact() -> CpuFact:
@@ -48,8 +49,24 @@ def cpu_fact() -> CpuFact:
     else:
         ort = "QOperator with reduce_range (7-bit weights: u8s8 kernels without VNNI saturate on 8-bit ones)"
         ov = "overflow_fix enable (7-bit weights)"
+    from modelport.backends.bf16 import bf16_problem, bf16_units, bf16_units_text
+
     return CpuFact(model=cpu.model or "unknown CPU", int8_class=cpu.int8_class, source=cpu.source,
-                   bf16_units=bool(cpu.flags & {"avx512_bf16", "amx_bf16"}), ort_int8=ort, openvino_int8=ov)
+                   bf16_units=bf16_units(cpu), ort_int8=ort, openvino_int8=ov,
+                   bf16=bf16_line(bf16_units_text(cpu), bf16_problem(cpu)))
+
+
+def bf16_line(units: str, problem: str | None) -> str:
+    """What ``doctor`` says about bf16: the profiles that offer it and the units it runs on, or why it is refused."""
+    from modelport.core.profiles import load_profiles
+    from modelport.core.types import Precision
+
+    offering = [p.name for p in load_profiles().values() if Precision.BF16 in p.precisions]
+    names = ", ".join(offering) or "no profile"
+    if problem is None:
+        return (f"bf16: offered on {names} (BF16 units: {units}); ONNX Runtime and ExecuTorch XNNPACK have no bf16 "
+                "CPU kernels and refuse it")
+    return f"bf16: unavailable on {names}: {problem}"
 
 
 @dataclass(frozen=True)

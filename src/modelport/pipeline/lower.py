@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.agreement import judge_outputs
+from modelport.agreement import judge_outputs, judged_precision
 from modelport.core.profiles import (
     DeviceProfile,
 )
@@ -32,8 +32,18 @@ def _precisions_for(profile: DeviceProfile, wanted: list[Precision] | None, skip
     keep = [p for p in wanted if p in profile.precisions]
     for p in wanted:
         if p not in profile.precisions:
-            skipped.append(f"{profile.name}/{p}: {profile.name} supports {', '.join(profile.precisions)} only")
+            skipped.append(f"{profile.name}/{p}: {_unsupported(profile, p)}")
     return keep
+
+
+def _unsupported(profile: DeviceProfile, precision: Precision) -> str:
+    """Why ``profile`` does not build ``precision``: the runtime's reason where one is known (bf16 on ONNX Runtime
+    or ExecuTorch), with what the profile does build."""
+    from modelport.backends.bf16 import no_bf16_kernels
+
+    supports = f"{profile.name} supports {', '.join(profile.precisions)} only"
+    why = no_bf16_kernels(profile.runtime) if precision is Precision.BF16 else None
+    return f"{why}; {supports}" if why else supports
 
 
 def _lower(
@@ -99,6 +109,9 @@ def _lower(
     except ModelportError as exc:
         return placeholder.failed(exc.message)
     _record_if_code(art)  # before validation loads it: this machine produced it, so it trusts it later too
+    if lowering.weights_fp16 and "weights_fp16" not in art.details:  # the converter had no FP16-weights option
+        art = art.replace(details={**art.details, "weights_fp16": f"not applicable: {profile.runtime} artifacts "
+                                   "keep their weights at the artifact's precision"})
     if data is not None:
         art = art.replace(details={**art.details, "int8_data": data.record})
     art = _validate_lowered(art, profile, validation, reference, ref_accuracy)
@@ -141,6 +154,7 @@ def _validate_lowered(
     try:
         with runtime.load(art, device=device) as session:
             result = evaluate(session, feeds, reference)
+            ran = getattr(session, "inference_precision", None)  # what the plugin computed in, read back
     except ModelportError as exc:
         return art.failed(f"could not run in {runtime.name}: {exc.message}")
     except Exception as exc:  # a runtime's own error: the row says so, the run goes on
@@ -158,10 +172,12 @@ def _validate_lowered(
             "accuracy_drop": drop,
             "device": device,
             "samples": feeds.num_samples,
+            **({"inference_precision": ran} if ran else {}),
         },
     }
     if note:
         details["validation_note"] = note
-    verdict = judge_outputs(art.precision, result.per_output, drop) if result.per_output else None
+    rule = judged_precision(art.precision, art.details)  # FP32 with FP16-stored weights: the FP16 rule
+    verdict = judge_outputs(rule, result.per_output, drop) if result.per_output else None
     art = art.replace(details=details)
     return art.failed(verdict) if verdict else art.replace(status=Status.VALIDATED)

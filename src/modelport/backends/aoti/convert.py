@@ -246,20 +246,26 @@ def reference_module(artifact: Artifact) -> "torch.nn.Module":
     return module_for(artifact)
 
 
-def _half_wrapper(module: "torch.nn.Module") -> "torch.nn.Module":
-    """FP16 compute behind an FP32 interface: inputs cast down, outputs cast up (as TensorRT FP16 engines do),
-    so the feeds and the validation are those of every other artifact."""
+_TORCH_DTYPE = {Precision.FP16: "float16", Precision.BF16: "bfloat16"}
+
+
+def _half_wrapper(module: "torch.nn.Module", dtype: str = "float16") -> "torch.nn.Module":
+    """FP16 or BF16 compute behind an FP32 interface: weights and inputs cast down, outputs cast up (as TensorRT
+    FP16 engines do), so the feeds and the validation are those of every other artifact. On CPU, Inductor sends
+    bf16 convolutions and matmuls to oneDNN, which uses AMX-BF16 or AVX512_BF16 where the CPU has them."""
     import torch
     from torch.utils._pytree import tree_map
+
+    low = getattr(torch, dtype)
 
     class HalfModel(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
-            self.inner = inner.half()
+            self.inner = inner.to(low)
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             def down(t: Any) -> Any:
-                return t.half() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                return t.to(low) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
             def up(t: Any) -> Any:
                 return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
@@ -303,13 +309,21 @@ def export_program(module: "torch.nn.Module", artifact: Artifact, max_batch: int
     """``torch.export`` with the batch axis of every input dynamic in ``[1, max_batch]``."""
     import torch
 
+    import inspect
+
     examples = _examples(artifact, 2, torch_device, random=False)  # batch 2: 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # a forward(*args, **kwargs) (the fp16/bf16 wrapper) takes its dynamic shapes under those parameters' names
+    kinds = {p.kind for p in inspect.signature(module.forward).parameters.values()}
     try:
         if len(examples) == 1:
-            return torch.export.export(module, (next(iter(examples.values())),), dynamic_shapes=({0: batch},))
+            one: Any = ({0: batch},)
+            shapes = {"args": one} if inspect.Parameter.VAR_POSITIONAL in kinds else one
+            return torch.export.export(module, (next(iter(examples.values())),), dynamic_shapes=shapes)
+        named = {name: {0: batch} for name in examples}
         return torch.export.export(
-            module, (), kwargs=examples, dynamic_shapes={name: {0: batch} for name in examples}
+            module, (), kwargs=examples,
+            dynamic_shapes={"kwargs": named} if inspect.Parameter.VAR_KEYWORD in kinds else named,
         )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -353,11 +367,18 @@ class AotiConverter(Converter):
         ok, why = aoti_availability(profile.device, compile=True)
         if not ok:
             raise RuntimeUnavailableError(f"Cannot build an AOTInductor package for {profile.device}: {why}.")
-        if precision is Precision.INT8 or (precision is Precision.FP16 and kind == "cpu"):
+        if (precision is Precision.INT8 or (precision is Precision.FP16 and kind == "cpu")
+                or (precision is Precision.BF16 and kind == "cuda")):
             raise ConversionError(
-                f"modelport builds AOTInductor packages at fp32 (and fp16 on CUDA), not {precision} on {kind}.",
-                fix="use precision fp32 for cpu-aoti; INT8 on CPU is what intel-cpu/legacy-cpu are for.",
+                f"modelport builds AOTInductor packages at fp32, bf16 on CPU and fp16 on CUDA, not {precision} on "
+                f"{kind}.",
+                fix="use precision fp32 (or bf16 on a CPU with BF16 units) for cpu-aoti; INT8 on CPU is what "
+                "intel-cpu/legacy-cpu are for.",
             )
+        if precision is Precision.BF16:
+            from modelport.backends.bf16 import require_bf16
+
+            require_bf16(profile.name)
         max_batch = profile.options.get("max_batch", DEFAULT_MAX_BATCH)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 2:
             raise ConversionError(
@@ -373,7 +394,9 @@ class AotiConverter(Converter):
         if kind == "cuda":
             module = copy.deepcopy(module)  # never move or cast the caller's registered module
         module = module.to(torch_device).eval()
-        model = _half_wrapper(copy.deepcopy(module)) if precision is Precision.FP16 else module
+        model = module
+        if precision in (Precision.FP16, Precision.BF16):
+            model = _half_wrapper(copy.deepcopy(module), _TORCH_DTYPE[precision])
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -423,6 +446,7 @@ class AotiConverter(Converter):
             "export_seconds": round(export_s, 2),
             "compile_seconds": round(compile_s, 2),
             "self_check": check,
+            **({"compute_dtype": _TORCH_DTYPE[precision]} if precision in _TORCH_DTYPE else {}),
             **({"cpu_isa": env["cpu_isa"], "march": env["march"]} if kind == "cpu" else {}),
             **({"gpu_name": env["gpu_name"], "compute_capability": env["compute_capability"]} if kind == "cuda" else {}),
         }
@@ -449,7 +473,7 @@ def _self_check(
     package: Path, model: "torch.nn.Module", artifact: Artifact, precision: Precision, torch_device: str
 ) -> dict[str, Any]:
     """Run the fresh package and the FP32 module it came from on one seeded random batch; refuse a package that
-    disagrees beyond the precision's rule (FP32 rtol 1e-3/atol 1e-5, FP16 cosine ≥ 0.999). The pipeline then
+    disagrees beyond the precision's rule (``agreement.judge``: FP32, FP16 or BF16). The pipeline then
     validates on real data in the runtime; this catches a miscompile even in direct Python-API use."""
     import torch
 

@@ -31,7 +31,7 @@ from modelport.backends.base import Feed, Runtime, Session, host_tensors
 from modelport.backends.sidecar import check_describes
 from modelport.core.files import sha256_file
 from modelport.core.trust import require_trusted
-from modelport.core.types import Artifact, Format
+from modelport.core.types import Artifact, Format, Precision
 from modelport.errors import (
     InputError,
     RuntimeUnavailableError,
@@ -42,7 +42,6 @@ _REBUILD = "rebuild the package on this machine with 'modelport convert --profil
 
 class AotiSession(Session):
     """One loaded package on one device."""
-
     def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
         super().__init__(artifact, device, threads)
         self.kind = device_kind(device)
@@ -73,6 +72,10 @@ class AotiSession(Session):
             recorded_sha256=self.artifact.sha256, precision=str(self.artifact.precision), fix=_REBUILD + ".",
         )
         require_trusted(path, Format.AOTI_PACKAGE, file_sha256=actual)  # dlopen runs the library's code
+        if self.kind == "cpu" and self.artifact.precision is Precision.BF16:
+            from modelport.backends.bf16 import require_bf16
+
+            require_bf16("cpu-aoti")  # emulated bf16 would be slower than FP32: no figure for it
         self.sidecar = sidecar
         batch = (sidecar.get("dynamic_shapes") or {}).get("batch") or {}
         self._max_batch = int(batch["max"]) if isinstance(batch.get("max"), int) else None

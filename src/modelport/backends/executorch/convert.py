@@ -343,6 +343,13 @@ class ExecuTorchConverter(Converter):
                 f"ExecuTorch lowers the PyTorch model, not a {artifact.format} artifact ({artifact.path}).",
                 fix="convert from the PyTorch checkpoint or module (an .onnx input has no PyTorch model to lower).",
             )
+        if precision is Precision.BF16:
+            from modelport.backends.bf16 import NO_BF16_KERNELS
+
+            raise ConversionError(
+                f"BF16 is not offered for ExecuTorch: {NO_BF16_KERNELS['executorch']}.",
+                fix="use fp32 or int8 for edge-xnnpack, or intel-cpu (OpenVINO) or cpu-aoti (AOTInductor) for bf16.",
+            )
         if precision not in (Precision.FP32, Precision.INT8):
             raise ConversionError(
                 f"modelport builds ExecuTorch XNNPACK programs at fp32 and int8, not {precision}.",

@@ -82,6 +82,13 @@ class OnnxRuntimeConverter(Converter):
                 "so an FP16 model would run slower than FP32 through inserted casts.",
                 fix="use fp32 or int8 for this profile, or an OpenVINO or TensorRT profile for fp16.",
             )
+        if precision is Precision.BF16:
+            from modelport.backends.bf16 import NO_BF16_KERNELS
+
+            raise ConversionError(
+                f"BF16 is not offered for ONNX Runtime on CPU: {NO_BF16_KERNELS['onnxruntime']}.",
+                fix="use fp32 or int8 for this profile, or intel-cpu (OpenVINO) or cpu-aoti (AOTInductor) for bf16.",
+            )
         out_dir = Path(out_dir)
         target = out_dir / "model.onnx"
         if target.resolve() == Path(artifact.path).resolve():

@@ -1,4 +1,10 @@
-"""ONNX → OpenVINO IR (``model.xml`` + ``model.bin``) at FP32, FP16 (compressed weights) or INT8 (NNCF PTQ).
+"""ONNX → OpenVINO IR (``model.xml`` + ``model.bin``) at FP32, FP16 (compressed weights), BF16 or INT8 (NNCF PTQ).
+
+A BF16 artifact is an FP32 IR (OpenVINO has no bf16 IR: the CPU plugin lowers at compile time) recorded with
+``inference_precision_hint = bf16``, which the runtime passes as ``INFERENCE_PRECISION_HINT`` and reads back. It is
+offered on CPU only and only where the CPU has BF16 units (``backends.bf16``). ``weights_fp16`` (``--weights-fp16``)
+stores an FP32 or BF16 IR's weights as FP16 (``save_model(compress_to_fp16=True)``, what Olive writes): half the
+size; the CPU plugin decompresses them once at compile time, so the compute precision is unchanged.
 
 Compiling for the profile's device is not done here: an IR for an NPU can be produced on a machine without one,
 and the runtime reports whether the device is present.
@@ -62,7 +68,17 @@ class OpenVinoConverter(Converter):
         options: Mapping[str, Any] | Lowering | None = None,
     ) -> Artifact:
         self.require_ready(artifact, "OpenVINO")
+        if precision is Precision.BF16:
+            if profile.device.split(".")[0].upper() != "CPU":
+                raise ConversionError(
+                    f"bf16 is offered for OpenVINO on CPU only, not on {profile.device} (profile {profile.name}).",
+                    fix="use fp16 for OpenVINO GPU/NPU profiles, or bf16 with intel-cpu.",
+                )
+            from modelport.backends.bf16 import require_bf16
+
+            require_bf16(profile.name)
         plan = plan_lowering(options, precision, "openvino", KEYS)
+        weights_fp16 = Lowering.from_dict(options).weights_fp16
         if plan.settings.get("mode") == "dynamic":
             raise ConversionError(
                 f"Step '{plan.step or 'quantize'}' asks for dynamic quantization, which only ONNX Runtime offers; "
@@ -108,8 +124,16 @@ class OpenVinoConverter(Converter):
             details.update(info)
         if precision is Precision.INT8:
             details["fp32_operations"] = float_operations(model)
-        compress = precision is Precision.FP16
+        compress = precision is Precision.FP16 or (weights_fp16 and precision in (Precision.FP32, Precision.BF16))
         details["compress_to_fp16"] = compress
+        if precision is Precision.BF16:
+            details["inference_precision_hint"] = "bf16"  # what the runtime compiles with (and reads back)
+        if weights_fp16 and precision in (Precision.FP32, Precision.BF16):
+            details["weights_fp16"] = True
+        elif weights_fp16:
+            details["weights_fp16"] = (f"not applied: a {precision} IR stores its weights at {precision} already"
+                                       if precision is Precision.FP16 else
+                                       "not applied: INT8 weights are 8-bit; only FP32/bf16 IRs get FP16 weights")
         if plan.record():
             details["lowering"] = plan.record()
 

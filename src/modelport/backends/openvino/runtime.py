@@ -2,8 +2,11 @@
 
 Why the explicit precision hint: the CPU plugin's default ``INFERENCE_PRECISION_HINT`` is bf16 on any CPU with
 AVX-512 BF16 or AMX (seen here on an AMD EPYC with avx512_bf16), so an "fp32" artifact would silently run in bf16.
-FP32 artifacts are therefore compiled with ``INFERENCE_PRECISION_HINT=f32``; for other precisions the plugin's
-choice is kept and recorded in ``session.notes``.
+FP32 artifacts are therefore compiled with ``INFERENCE_PRECISION_HINT=f32``; BF16 artifacts with ``bf16`` (CPU
+only, and only where the CPU has BF16 units: elsewhere the plugin would quietly compute in f32, so the session is
+refused as unavailable); the hint is read back from the compiled model and a BF16 artifact that did not compile to
+bf16 is refused too. For other precisions the plugin's choice is kept and recorded in ``session.notes``; an INT8
+IR whose non-quantized layers run at bf16 is "int8+bf16" (``float_layers``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ def _type_name(value: Any) -> str:
     return str(get()) if callable(get) else str(value)
 
 
+_PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's element types in modelport's words
+
+
 def _precision_note(device: str, inference_precision: str, precision: Precision) -> str:
     """What the plugin's default precision means for this artifact. An INT8 IR runs its quantized layers in INT8;
     the hint only governs the layers left in floating point, and the note must not read as if INT8 were unused."""
     if precision is Precision.INT8:
-        return (f"OpenVINO {device}: quantized layers run in INT8, the non-quantized layers at {inference_precision} "
-                "(plugin default)")
+        label = " (int8+bf16)" if inference_precision == "bf16" else ""
+        return (f"OpenVINO {device}{label}: quantized layers run in INT8, the non-quantized layers at "
+                f"{inference_precision} (plugin default)")
     return f"OpenVINO {device} runs at {inference_precision} (plugin default)"
 
 
@@ -61,6 +68,16 @@ class OpenVinoSession(Session):
                 self.notes.append(f"threads={self.threads} ignored: OpenVINO {family} has no thread setting")
         if self.artifact.precision is Precision.FP32 and family in {"CPU", "GPU"}:
             config["INFERENCE_PRECISION_HINT"] = "f32"
+        if self.artifact.precision is Precision.BF16:
+            if family != "CPU":
+                raise RuntimeUnavailableError(
+                    f"bf16 artifacts run on OpenVINO CPU only, not on {self.device}.",
+                    fix="benchmark the bf16 artifact on CPU, or use an fp16 artifact for GPU/NPU.",
+                )
+            from modelport.backends.bf16 import require_bf16
+
+            require_bf16("intel-cpu")
+            config["INFERENCE_PRECISION_HINT"] = "bf16"
         return config
 
     def _open(self) -> None:
@@ -72,8 +89,37 @@ class OpenVinoSession(Session):
             self.inference_precision = _type_name(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
         except RuntimeError:  # not every plugin reports it (NPU); nothing to record then
             self.inference_precision = None
-        if self.inference_precision and "INFERENCE_PRECISION_HINT" not in self.config:
+        if self.artifact.precision is Precision.BF16 and self.inference_precision != "bf16":
+            ran = self.inference_precision or "an unreported precision"
+            self._request = self._compiled = None
+            raise RuntimeUnavailableError(
+                f"OpenVINO {self.device} was asked for INFERENCE_PRECISION_HINT=bf16 and compiled the model at {ran}: "
+                "this CPU does not run bf16 in OpenVINO, so a bf16 figure would describe f32.",
+                fix="run bf16 on a CPU with avx512_bf16 or amx_bf16, or use the fp32 artifact here.",
+            )
+        if self.artifact.precision is Precision.BF16:
+            self.notes.append(f"OpenVINO {self.device} runs at bf16 (INFERENCE_PRECISION_HINT=bf16, read back)")
+        elif self.inference_precision and "INFERENCE_PRECISION_HINT" not in self.config:
             self.notes.append(_precision_note(self.device, self.inference_precision, self.artifact.precision))
+
+    @property
+    def compute_precision(self) -> str | None:
+        """``int8+bf16``/``int8+fp16`` for an INT8 IR whose float layers ran below f32, ``bf16`` for an FP16 IR the
+        plugin ran at bf16 (its default on BF16 CPUs); ``None`` where the artifact's precision is what ran (a bf16
+        artifact that compiled to anything else is refused at load)."""
+        ran = _PRECISION_NAMES.get(self.inference_precision or "")
+        if ran is None:
+            return None
+        if self.artifact.precision is Precision.INT8:
+            return None if ran == "fp32" else f"int8+{ran}"
+        return None if ran == str(self.artifact.precision) else ran
+
+    @property
+    def float_layers(self) -> str | None:
+        """The precision an INT8 IR's non-quantized layers ran at (``bf16`` makes it "int8+bf16"), else None."""
+        if self.artifact.precision is Precision.INT8 and self.inference_precision:
+            return self.inference_precision
+        return None
 
     def _infer(self, feed: Feed) -> list[np.ndarray]:
         # share_inputs avoids one copy per call (the call is synchronous); share_outputs=False returns copies,

@@ -250,6 +250,12 @@ def judge(rule: dict, ref: np.ndarray, got: np.ndarray, labels) -> "tuple[str | 
         if not elementwise and not (scaled and cosine >= rule.get("min_cosine", 1.0)):
             return (f"differs from the reference: max abs diff {figures['max_abs_diff']:.3g} against the output's "
                     f"scale {scale:.3g}, cosine {cosine:.7f}"), figures
+    elif kind == "scaled":  # bf16: small against the output's scale, and the same direction
+        if figures["max_abs_diff"] > max(rule["max_scaled_diff"] * scale, rule["atol"]):
+            return (f"differs from the reference beyond bf16 rounding: max abs diff {figures['max_abs_diff']:.3g} "
+                    f"against the output's scale {scale:.3g} (limit {rule['max_scaled_diff']:g})"), figures
+        if cosine < rule["min_cosine"]:
+            return f"cosine similarity {cosine:.5f} < {rule['min_cosine']}", figures
     elif kind == "cosine":
         if cosine < rule["min_cosine"]:
             return f"cosine similarity {cosine:.5f} < {rule['min_cosine']}", figures
