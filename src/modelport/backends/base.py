@@ -111,6 +111,13 @@ class Session(ABC):
         """What the runtime really uses (threads, streams, precision…), read back where it can; default: nothing."""
         return {}
 
+    @property
+    def compute_precision(self) -> str | None:
+        """The precision the runtime really computed in, where it differs from what the artifact's precision says
+        or was asked for explicitly (``int8+bf16``: INT8 layers, float layers at bf16); ``None`` when the artifact's
+        precision is the whole story. Recorded on every benchmark row and shown beside its label."""
+        return None
+
     def run_throughput(
         self, feed: Feed, *, seconds: float, warmup_seconds: float, streams: int | None = None
     ) -> dict[str, Any] | None:

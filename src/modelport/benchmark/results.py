@@ -130,6 +130,7 @@ class ArtifactResult:
     settings: dict[str, Any] = field(default_factory=dict)  # threads/streams/affinity as the runtime reports them
     isolation: dict[str, Any] = field(default_factory=dict)  # subprocess: pid, exit code, peak-RSS source, seconds
     node: dict[str, Any] = field(default_factory=dict)  # fleet: the Ray node and machine that measured it
+    compute: str = ""  # what really computed where the precision does not say it all ("int8+bf16"); Session.compute_precision
 
     @property
     def ok(self) -> bool:
@@ -223,6 +224,7 @@ class ArtifactResult:
             "settings": dict(self.settings),
             "isolation": dict(self.isolation),
             **({"node": dict(self.node)} if self.node else {}),
+            **({"compute": self.compute} if self.compute else {}),
         }
 
     @classmethod
@@ -259,6 +261,7 @@ class ArtifactResult:
                 settings=dict(d.get("settings") or {}),
                 isolation=dict(d.get("isolation") or {}),
                 node=dict(d.get("node") or {}),
+                compute=str(d.get("compute") or ""),
             )
         except ManifestError:
             raise

@@ -335,6 +335,7 @@ def _measure_all(
         mem["rss_after_load_mb"] = _rss_mb()
         for note in session.notes:
             row.add_note(note)
+        row.compute = session.compute_precision or ""
         row.settings = {"threads_requested": config.threads, "affinity": affinity()}
         runtime_settings = session.settings()
         if runtime_settings:

@@ -121,6 +121,7 @@ class RowView:
     threads: int | None = None
     notes: list[str] = field(default_factory=list)
     largest_batch: int | None = None  # the batch the run quotes items/s at
+    compute: str = ""  # what really computed, where the precision does not say it all ("int8+bf16")
     speedup_eager: float | None = None
     speedup_eager_ci: tuple[float, float] | None = None
     speedup_eager_noisy: bool = False
@@ -266,6 +267,7 @@ def row_view(machine: str, row: Any, *, largest_batch: int | None = None, eval_s
         threads=None if threads is None else int(threads),
         notes=[str(x) for x in notes] if isinstance(notes, list) else ([] if notes is None else [str(notes)]),
         largest_batch=largest_batch,
+        compute=str(row.get("compute") or "")[:40],
     )
     if check.problems and view.ok:  # never a figure nobody can believe, never a crash: the row says why
         view.state, view.reason = RowState.INVALID, "implausible figures: " + "; ".join(check.problems[:3])
@@ -456,7 +458,8 @@ def _joules(v: RowView, b: int) -> float | None:
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("label", "artifact", text=lambda v: v.label, align="left", priority=1, role="name"),
+    Column("label", "artifact", text=lambda v: v.label + (f" (ran {v.compute})" if v.compute else ""),
+           value=lambda v: v.label, align="left", priority=1, role="name"),
     Column("profile", "profile", value=lambda v: v.profile, outputs=FILES_ONLY),
     Column("runtime_device", "runtime/device", "runtime", text=lambda v: f"{v.runtime}/{v.device}",
            outputs=DISPLAYS, align="left", priority=7),
@@ -464,6 +467,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("device", "device", value=lambda v: v.device, outputs=FILES_ONLY),
     Column("format", "format", value=lambda v: v.format, outputs=FILES_ONLY),
     Column("precision", "precision", value=lambda v: v.precision, outputs=FILES_ONLY),  # displays: in the label
+    Column("compute", "computed in", value=lambda v: v.compute or v.precision, outputs=FILES_ONLY),
     Column("status", "status", text=lambda v: str(v.state), value=lambda v: v.status_text, align="left",
            priority=1, role="status"),
     Column("size_bytes", "size MB", "MB", text=lambda v: _size_text(v.size, v), value=lambda v: v.size, unit="MB",
