@@ -176,7 +176,7 @@ def _point(s: Search, t: Trial) -> dict[str, Any]:
         "candidate": t.candidate, "precision": t.precision, "recipe": t.recipe, "accuracy": t.accuracy,
         "drop_pts": t.drop_pts, "feasible": t.feasible(s.ctx.max_drop), "p50_ms": t.p50_ms, "p50_ci95": t.p50_ci95,
         "items_per_s": t.items_per_s, "size_bytes": t.size_bytes, "value": t.value, "final": t.final,
-        "folder": t.folder, "artifact": t.artifact,
+        "folder": t.folder, "artifact": t.artifact, **({"compute": t.compute} if t.compute else {}),
     }
 
 

@@ -61,6 +61,7 @@ class Trial:
     rungs: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    compute: str = ""  # what really computed where the precision does not say it ("int8+bf16"), from the benchmark
 
     @property
     def label(self) -> str:

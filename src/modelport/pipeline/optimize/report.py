@@ -19,11 +19,16 @@ def _f(x: float | None, fmt: str, scale: float = 1.0) -> str:
     return DASH if x is None else format(x * scale, fmt)
 
 
+def _named(candidate: str, precision: str, compute: str | None) -> str:
+    """``candidate/precision``, with what really computed where the precision does not say it (int8+bf16)."""
+    return f"{candidate}/{precision}" + (f" (ran {compute})" if compute else "")
+
+
 def _point_row(p: dict[str, Any], objective: str) -> list[str]:
     final = p.get("final") or {}
     ci = p.get("p50_ci95") or [None, None]
     return [
-        f"{p['candidate']}/{p['precision']}", _f(p.get("accuracy"), ".2f", 100), _f(p.get("drop_pts"), "+.2f"),
+        _named(p["candidate"], p["precision"], p.get("compute")), _f(p.get("accuracy"), ".2f", 100), _f(p.get("drop_pts"), "+.2f"),
         _f(p.get("p50_ms"), ".3f") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""),
         _f(final.get("p50_ms"), ".3f"), _f(final.get("ratio_to_fp32"), ".2f"),
         _f(p.get("size_bytes"), ".3f", 1e-6), "yes" if p.get("feasible") else "no",
@@ -36,7 +41,7 @@ TRIAL_HEADERS = ("profile", "candidate", "fate", "subset drop", "quick", "p50 ms
 
 
 def _trial_row(t: Trial, show: Any) -> list[str]:
-    return [t.profile, f"{t.candidate}/{t.precision}", t.fate, _f(t.subset_drop_pts, "+.2f"), show(t.quick_value),
+    return [t.profile, _named(t.candidate, t.precision, t.compute), t.fate, _f(t.subset_drop_pts, "+.2f"), show(t.quick_value),
             _f(t.p50_ms, ".3f"), _f(t.accuracy, ".2f", 100), _f(t.drop_pts, "+.2f"), _f(t.size_bytes, ".3f", 1e-6),
             "yes" if t.from_cache else "no", t.reason]
 

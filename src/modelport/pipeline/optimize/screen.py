@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from modelport.core.types import Status
 from modelport.pipeline.optimize.cache import digest
-from modelport.pipeline.optimize.records import FAILED, MEASURED, REJECTED, SKIPPED, Trial
+from modelport.pipeline.optimize.records import FAILED, MEASURED, NOT_APPLICABLE, REJECTED, SKIPPED, Trial
 
 if TYPE_CHECKING:
     from modelport.core.types import Artifact
@@ -20,6 +21,9 @@ def subset(s: Search, t: Trial, art: Artifact, baseline: bool) -> bool:
     t.artifact = str(art.path.relative_to(s.cache.convert_dir(t.key or ""))) if t.key else None
     val = art.details.get("validation") or {}
     acc = val.get("accuracy")
+    if art.status is Status.UNAVAILABLE:  # bf16 on a CPU without BF16 units: not a failure of the candidate
+        t.set_fate(NOT_APPLICABLE, f"unavailable on this machine: {art.status_detail or art.status}")
+        return False
     if not art.ok:
         t.set_fate(REJECTED if acc is not None else FAILED,
                    f"the conversion's check {'on the validation subset ' if acc is not None else ''}says "
@@ -134,7 +138,7 @@ def _record(row: Any, batch: int) -> dict[str, Any]:
         "mean_ms": stats.mean if stats else None, "n": stats.n if stats else None,
         "ci95": list(stats.median_ci95) if stats else None, "items_per_s": row.throughput.get(batch),
         "top1_agreement": (row.agreement or {}).get("top1_agreement"), "size_bytes": row.size_bytes,
-        "notes": list(row.notes),
+        "notes": list(row.notes), "compute": row.compute,
     }
 
 
@@ -146,6 +150,7 @@ def _apply(s: Search, t: Trial, rec: dict[str, Any]) -> None:
     t.items_per_s, t.accuracy, t.top1_agreement = rec["items_per_s"], rec["accuracy"], rec["top1_agreement"]
     t.size_bytes = rec.get("size_bytes") or t.size_bytes
     t.notes += [n for n in rec.get("notes") or [] if n not in t.notes]
+    t.compute = str(rec.get("compute") or "")
     base = s.evalset.accuracy if s.evalset else None
     if t.accuracy is not None and base is not None:
         t.drop_pts = (base - t.accuracy) * 100

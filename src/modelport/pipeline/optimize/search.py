@@ -198,6 +198,7 @@ class Search:
                                   "static_batch": p.static_batch, "options": p.options} for p in profiles},
             "train_seconds": self.space.strategy.train_seconds if trains else None,
             "versions": versions([p.runtime for p in profiles]),
+            "cpu": _cpu_key(),
         })
 
     def convert_unit(self, cand: Candidate, recipe: Recipe | None, profiles: list[DeviceProfile],
@@ -316,6 +317,17 @@ class Search:
         if not quick(self, t, art, baseline):
             return
         full(self, t, art, baseline)
+
+
+def _cpu_key() -> dict[str, Any]:
+    """What a conversion's outcome depends on in the CPU: its INT8 class (ORT's u8s8 defaults, NNCF's overflow fix
+    under int8_target_cpu = "auto") and its BF16 units (bf16 built or unavailable). A cache entry made under one CPU
+    class (or one MODELPORT_CPU_FLAGS) is never reused under another."""
+    from modelport.backends.bf16 import bf16_units
+    from modelport.core.cpu import cpu_info
+
+    cpu = cpu_info()
+    return {"int8_class": cpu.int8_class, "bf16_units": bf16_units(cpu)}
 
 
 __all__ = ["Context", "Search"]
