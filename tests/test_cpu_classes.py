@@ -71,6 +71,22 @@ def test_int8_class_and_doctor(cpu_class: CpuClass) -> None:
     assert ("overflow_fix enable" in fact.openvino_int8) == (not cpu_class.vnni)
 
 
+def test_bf16_is_offered_only_on_the_classes_with_bf16_units(cpu_class: CpuClass) -> None:
+    """bf16 artifacts (OpenVINO INFERENCE_PRECISION_HINT=bf16, AOTInductor bf16) exist only where the CPU has BF16
+    units; elsewhere the refusal says why, and the optimize cache key tells the classes apart."""
+    from modelport.backends.bf16 import bf16_problem, require_bf16
+    from modelport.errors import RuntimeUnavailableError
+    from modelport.pipeline.optimize.search import _cpu_key
+
+    assert (bf16_problem() is None) is cpu_class.bf16
+    assert _cpu_key() == {"int8_class": cpu_class.int8_class, "bf16_units": cpu_class.bf16}
+    if cpu_class.bf16:
+        require_bf16("intel-cpu")
+    else:
+        with pytest.raises(RuntimeUnavailableError, match="this CPU has no BF16 units"):
+            require_bf16("intel-cpu")
+
+
 def test_int8_lowering_defaults(cpu_class: CpuClass) -> None:
     """intel-cpu targets this machine's CPU; legacy-cpu always targets AVX2 without VNNI, whatever converts it."""
     from modelport.backends.lowering import LoweringPlan, resolve_options
