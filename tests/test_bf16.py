@@ -248,6 +248,8 @@ def test_cli_convert_takes_weights_fp16(checkpoint: Path, tmp_path: Path, capsys
 
 def test_bf16_is_a_candidate_and_not_applicable_without_bf16_units(checkpoint: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_optimize import FAST  # the short timing protocol and the fp32 baseline
+
     from modelport.pipeline.optimize import optimize
     from modelport.pipeline.optimize.records import NOT_APPLICABLE
     from modelport.pipeline.optimize.space import load_space
@@ -255,21 +257,7 @@ def test_bf16_is_a_candidate_and_not_applicable_without_bf16_units(checkpoint: P
     assert any(c.name == "bf16" and c.precisions == ("bf16",) for c in load_space().candidates)
     monkeypatch.setenv(CPU_FLAGS_ENV, AVX2_ONLY)
     space = tmp_path / "space.toml"
-    space.write_text("""
-[strategy]
-finalists = 2
-rounds = 2
-[measure]
-isolate = false
-quick = { warmup_iters = 1, warmup_seconds = 0.0, min_iters = 5, min_seconds = 0.01 }
-full = { warmup_iters = 1, warmup_seconds = 0.0, min_iters = 5, min_seconds = 0.01 }
-final = { warmup_iters = 1, warmup_seconds = 0.0, min_iters = 5, min_seconds = 0.01 }
-[[candidate]]
-name = "fp32"
-[[candidate]]
-name = "bf16"
-precisions = ["bf16"]
-""", encoding="utf-8")
+    space.write_text(FAST + '[[candidate]]\nname = "bf16"\nprecisions = ["bf16"]\n', encoding="utf-8")
     result = optimize(checkpoint, out=tmp_path / "o", arch="simple-mnist", profiles="intel-cpu", max_drop=1.0,
                       budget_minutes=10.0, space=space, cache_dir=tmp_path / "cache", overwrite=True)
     trial = next(t for t in result.trials if t.candidate == "bf16")
