@@ -208,12 +208,6 @@ def judge(precision: Precision, agreement: Agreement, accuracy_drop: float | Non
     return None
 
 
-def within_bf16(agreement: Agreement) -> bool:
-    """The BF16 rule (module docstring): small against the output's scale, and the same direction."""
-    small = agreement.max_abs_diff <= max(BF16_MAX_SCALED_DIFF * agreement.scale, FP32_ATOL)
-    return small and agreement.cosine >= BF16_MIN_COSINE
-
-
 def _judge_bf16(agreement: Agreement) -> str | None:
     if agreement.max_abs_diff > max(BF16_MAX_SCALED_DIFF * agreement.scale, FP32_ATOL):
         return (f"differs from PyTorch beyond bf16 rounding: max abs diff {agreement.max_abs_diff:.3g} = "

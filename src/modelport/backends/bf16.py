@@ -35,31 +35,31 @@ def no_bf16_kernels(runtime: str) -> str | None:
     return NO_BF16_KERNELS.get(runtime)
 
 
+def _decided(cpu: CpuInfo | None) -> CpuInfo:
+    """``cpu``, or this machine's CPU as decisions see it (``MODELPORT_CPU_FLAGS`` honoured)."""
+    if cpu is not None:
+        return cpu
+    from modelport.core.cpu import cpu_info
+
+    return cpu_info()
+
+
 def bf16_units(cpu: CpuInfo | None = None) -> bool:
     """True when the CPU (as decisions see it: ``MODELPORT_CPU_FLAGS`` honoured) has avx512_bf16 or amx_bf16."""
-    if cpu is None:
-        from modelport.core.cpu import cpu_info
-
-        cpu = cpu_info()
+    cpu = _decided(cpu)
     return bool(cpu.flags & set(BF16_FLAGS))
 
 
 def bf16_units_text(cpu: CpuInfo | None = None) -> str:
     """Which BF16 units the CPU has (``amx_bf16, avx512_bf16``), or the refusal sentence."""
-    if cpu is None:
-        from modelport.core.cpu import cpu_info
-
-        cpu = cpu_info()
+    cpu = _decided(cpu)
     have = [f for f in BF16_FLAGS if f in cpu.flags]
     return ", ".join(have) if have else NO_BF16_UNITS
 
 
 def bf16_problem(cpu: CpuInfo | None = None) -> str | None:
     """``None`` when bf16 can run here, else the reason (what an ``unavailable`` row says)."""
-    if cpu is None:
-        from modelport.core.cpu import cpu_info
-
-        cpu = cpu_info()
+    cpu = _decided(cpu)
     if bf16_units(cpu):
         return None
     via = " (flags from MODELPORT_CPU_FLAGS)" if cpu.source == "MODELPORT_CPU_FLAGS" else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import inspect
 import platform
 import re
 import shutil
@@ -308,8 +309,6 @@ def flat_outputs(out: Any) -> list[np.ndarray]:
 def export_program(module: "torch.nn.Module", artifact: Artifact, max_batch: int, torch_device: str) -> Any:
     """``torch.export`` with the batch axis of every input dynamic in ``[1, max_batch]``."""
     import torch
-
-    import inspect
 
     examples = _examples(artifact, 2, torch_device, random=False)  # batch 2: 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=max_batch)

@@ -42,6 +42,7 @@ _REBUILD = "rebuild the package on this machine with 'modelport convert --profil
 
 class AotiSession(Session):
     """One loaded package on one device."""
+
     def __init__(self, artifact: Artifact, device: str, threads: int | None) -> None:
         super().__init__(artifact, device, threads)
         self.kind = device_kind(device)

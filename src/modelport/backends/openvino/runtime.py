@@ -6,7 +6,7 @@ FP32 artifacts are therefore compiled with ``INFERENCE_PRECISION_HINT=f32``; BF1
 only, and only where the CPU has BF16 units: elsewhere the plugin would quietly compute in f32, so the session is
 refused as unavailable); the hint is read back from the compiled model and a BF16 artifact that did not compile to
 bf16 is refused too. For other precisions the plugin's choice is kept and recorded in ``session.notes``; an INT8
-IR whose non-quantized layers run at bf16 is "int8+bf16" (``float_layers``).
+IR whose non-quantized layers run at bf16 is "int8+bf16" (``compute_precision``).
 """
 
 from __future__ import annotations
@@ -113,13 +113,6 @@ class OpenVinoSession(Session):
         if self.artifact.precision is Precision.INT8:
             return None if ran == "fp32" else f"int8+{ran}"
         return None if ran == str(self.artifact.precision) else ran
-
-    @property
-    def float_layers(self) -> str | None:
-        """The precision an INT8 IR's non-quantized layers ran at (``bf16`` makes it "int8+bf16"), else None."""
-        if self.artifact.precision is Precision.INT8 and self.inference_precision:
-            return self.inference_precision
-        return None
 
     def _infer(self, feed: Feed) -> list[np.ndarray]:
         # share_inputs avoids one copy per call (the call is synchronous); share_outputs=False returns copies,
