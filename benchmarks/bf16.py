@@ -131,8 +131,13 @@ def interleaved(entries: list[tuple[str, Any]], threads: int, rounds: int, secon
 
 
 def ratio(a: list[float], b: list[float]) -> dict[str, float]:
-    per = [x / y for x, y in zip(a, b, strict=True)]
-    return {"ratio": statistics.median(per), "low": min(per), "high": max(per)}
+    """``a``'s time over ``b``'s from the rounds both were timed in: optimize's own ``decision.time_ratio``."""
+    from types import SimpleNamespace
+
+    from modelport.pipeline.optimize.decision import time_ratio
+
+    r = time_ratio(SimpleNamespace(final={"rounds_ms": a}), SimpleNamespace(final={"rounds_ms": b}))
+    return {"ratio": r.value, "low": r.low, "high": r.high}
 
 
 def benchmark_app(xml: Path, precision: str, threads: int, seconds: int, shape: str) -> dict[str, Any]:
